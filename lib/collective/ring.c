@@ -1,0 +1,153 @@
+/* The chunked, pipelined ring all-reduce (reduce-scatter, then all-gather).
+ *
+ * The buffer is cut into one segment per rank. In step s (0 <= s < 2(n-1)) rank r sends
+ * segment (r - s) mod n to r+1 and receives segment (r - s - 1) mod n from r-1: during the
+ * first n-1 steps it adds what it receives (reduce-scatter; rank r ends owning segment r+1),
+ * during the last n-1 it stores it verbatim (all-gather). Each segment is summed in one fixed
+ * order along the ring and every rank ends with the owner's bytes, so all ranks are bitwise
+ * identical and runs are repeatable.
+ *
+ * Pipelining: every segment is cut into chunks; chunk j of step s+1 is sent as soon as chunk
+ * j of step s has arrived, so a step's latency overlaps the previous step's transfer and the
+ * link stays busy. Receives are posted two steps ahead into two scratch slots. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "collective/collective_internal.h"
+#include "transport/transport_internal.h"
+
+typedef struct {
+  lh_comm comm;
+  float *data;
+  float *scratch[2]; /* reduce-scatter receive slots, one per step parity */
+  int n, rank, steps, chunks;
+  size_t base, extra, chunk_elems;
+  lh_request *recv_req; /* [step][chunk] */
+  lh_request *send_req; /* [step][chunk] */
+} lh_ring;
+
+static size_t lh_seg_offset(const lh_ring *g, int seg) {
+  return (size_t)seg * g->base + ((size_t)seg < g->extra ? (size_t)seg : g->extra);
+}
+static size_t lh_seg_length(const lh_ring *g, int seg) { return g->base + ((size_t)seg < g->extra ? 1 : 0); }
+
+/* Offset within the segment and length of chunk j; length 0 for chunks past its end. */
+static size_t lh_chunk_span(const lh_ring *g, int seg, int j, size_t *offset) {
+  size_t len = lh_seg_length(g, seg);
+  size_t off = (size_t)j * g->chunk_elems;
+  *offset = off;
+  if (off >= len)
+    return 0;
+  return len - off < g->chunk_elems ? len - off : g->chunk_elems;
+}
+
+static int lh_send_seg(const lh_ring *g, int s) { return ((g->rank - s) % g->n + g->n) % g->n; }
+static int lh_recv_seg(const lh_ring *g, int s) { return ((g->rank - s - 1) % g->n + g->n) % g->n; }
+
+static lh_status lh_ring_post_recv(lh_ring *g, int s, int j) {
+  int seg = lh_recv_seg(g, s);
+  size_t off, len = lh_chunk_span(g, seg, j, &off);
+  if (len == 0)
+    return LH_SUCCESS;
+  float *dst = s < g->n - 1 ? g->scratch[s % 2] + off : g->data + lh_seg_offset(g, seg) + off;
+  int left = (g->rank - 1 + g->n) % g->n;
+  return lh_irecv(g->comm, dst, len * sizeof(float), left, LH_TAG_RING, &g->recv_req[(size_t)s * g->chunks + j]);
+}
+
+static lh_status lh_ring_post_send(lh_ring *g, int s, int j) {
+  int seg = lh_send_seg(g, s);
+  size_t off, len = lh_chunk_span(g, seg, j, &off);
+  if (len == 0)
+    return LH_SUCCESS;
+  int right = (g->rank + 1) % g->n;
+  return lh_isend(g->comm, g->data + lh_seg_offset(g, seg) + off, len * sizeof(float), right, LH_TAG_RING,
+                  &g->send_req[(size_t)s * g->chunks + j]);
+}
+
+static lh_status lh_ring_run(lh_ring *g, lh_reduce_op op, int on_device) {
+  for (int s = 0; s < 2 && s < g->steps; s++)
+    for (int j = 0; j < g->chunks; j++)
+      LH_CHECK(lh_ring_post_recv(g, s, j));
+  for (int j = 0; j < g->chunks; j++)
+    LH_CHECK(lh_ring_post_send(g, 0, j));
+  for (int s = 0; s < g->steps; s++) {
+    int seg = lh_recv_seg(g, s);
+    for (int j = 0; j < g->chunks; j++) {
+      size_t off, len = lh_chunk_span(g, seg, j, &off);
+      if (len > 0) { /* chunks past a short segment's end carry nothing, on both sides */
+        LH_CHECK(lh_wait(&g->recv_req[(size_t)s * g->chunks + j]));
+        float *mine = g->data + lh_seg_offset(g, seg) + off;
+        if (s < g->n - 1)
+          LH_CHECK(lh_reduce_add(on_device, mine, g->scratch[s % 2] + off, len));
+        if (s == g->n - 2 && op == LH_OP_MEAN) /* the owner scales once; everyone gets its bytes */
+          LH_CHECK(lh_reduce_div(on_device, mine, (float)g->n, len));
+      }
+      if (s + 2 < g->steps)
+        LH_CHECK(lh_ring_post_recv(g, s + 2, j));
+      if (s + 1 < g->steps)
+        LH_CHECK(lh_ring_post_send(g, s + 1, j));
+    }
+  }
+  return lh_waitall(g->steps * g->chunks, g->send_req);
+}
+
+lh_status lh_ring_allreduce(lh_comm comm, float *data, size_t count, lh_reduce_op op, size_t chunk_bytes,
+                            int on_device) {
+  lh_ring g = {0};
+  g.comm = comm;
+  g.data = data;
+  g.n = comm->size;
+  g.rank = comm->rank;
+  if (g.n == 1 || count == 0)
+    return LH_SUCCESS; /* one rank: the sum and the mean are the data itself */
+  g.steps = 2 * (g.n - 1);
+  g.base = count / (size_t)g.n;
+  g.extra = count % (size_t)g.n;
+  size_t longest = g.base + (g.extra ? 1 : 0);
+  g.chunk_elems = chunk_bytes / sizeof(float);
+  if (g.chunk_elems == 0)
+    g.chunk_elems = 1;
+  if (g.chunk_elems > longest)
+    g.chunk_elems = longest;
+  g.chunks = (int)((longest + g.chunk_elems - 1) / g.chunk_elems);
+
+  lh_status st = LH_SUCCESS;
+  size_t nreq = (size_t)g.steps * g.chunks;
+  g.recv_req = lh_calloc(nreq, sizeof(lh_request), "ring requests");
+  g.send_req = lh_calloc(nreq, sizeof(lh_request), "ring requests");
+  if (!g.recv_req || !g.send_req) {
+    st = LH_ERR_OUT_OF_MEMORY;
+    goto done;
+  }
+  if (on_device) {
+    LH_CHECK_GOTO(lh_device_alloc((void **)&g.scratch[0], longest * sizeof(float)), st, done);
+    LH_CHECK_GOTO(lh_device_alloc((void **)&g.scratch[1], longest * sizeof(float)), st, done);
+  } else {
+    g.scratch[0] = lh_malloc(longest * sizeof(float), "ring scratch");
+    g.scratch[1] = lh_malloc(longest * sizeof(float), "ring scratch");
+    if (!g.scratch[0] || !g.scratch[1]) {
+      st = LH_ERR_OUT_OF_MEMORY;
+      goto done;
+    }
+  }
+  st = lh_ring_run(&g, op, on_device);
+  if (st != LH_SUCCESS)
+    lh_error_context(st, "ring all-reduce of %zu floats on %d ranks", count, g.n);
+done:
+  /* After a failure some requests are still outstanding: drop them, the comm is broken. */
+  for (size_t i = 0; g.recv_req && i < nreq; i++)
+    if (g.recv_req[i])
+      lh_request_abandon(g.recv_req[i]);
+  for (size_t i = 0; g.send_req && i < nreq; i++)
+    if (g.send_req[i])
+      lh_request_abandon(g.send_req[i]);
+  free(g.recv_req);
+  free(g.send_req);
+  for (int k = 0; k < 2; k++) {
+    if (on_device)
+      lh_device_free(g.scratch[k]);
+    else
+      free(g.scratch[k]);
+  }
+  return st;
+}

@@ -1,0 +1,31 @@
+// Helpers shared by the MPI tests.
+#ifndef LH_TESTS_MPI_TEST_H
+#define LH_TESTS_MPI_TEST_H
+
+#include <cstdint>
+#include <longhaul/longhaul.h>
+
+int lh_test_world_rank();
+int lh_test_world_size();
+
+// A value every rank can compute for any (seed, rank, index) without communicating:
+// a splitmix64 hash mapped to a float in [-1, 1) with 20 significant bits, so that sums of a
+// few of them are exact in float32 (order-independent) when a test wants exact answers.
+inline uint64_t lh_test_hash(uint64_t seed, uint64_t rank, uint64_t index) {
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + rank * 0xBF58476D1CE4E5B9ull + index * 0x94D049BB133111EBull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+inline float lh_test_value(uint64_t seed, int rank, uint64_t index) {
+  return (float)((int64_t)(lh_test_hash(seed, (uint64_t)rank, index) >> 44) - (1 << 19)) / (float)(1 << 19);
+}
+
+#define LH_ASSERT_OK(expr)                                                                  \
+  do {                                                                                      \
+    lh_status lh_s_ = (expr);                                                               \
+    ASSERT_EQ(lh_s_, LH_SUCCESS) << #expr << ": " << lh_status_string(lh_s_) << ": "        \
+                                 << lh_last_error();                                        \
+  } while (0)
+
+#endif
