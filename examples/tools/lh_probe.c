@@ -39,7 +39,11 @@ static int parse(int argc, char **argv, options *o, int rank) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-    int takes_value = strcmp(a, "--help") && strcmp(a, "-h") && strcmp(a, "--quiet");
+    static const char *const with_value[] = {"--out", "--max-bytes", "--target-seconds", "--small-reps",
+                                             "--large-reps"};
+    int takes_value = 0;
+    for (size_t k = 0; k < sizeof with_value / sizeof with_value[0]; k++)
+      takes_value |= !strcmp(a, with_value[k]);
     if (takes_value && !v) {
       if (rank == 0)
         fprintf(stderr, "lh-probe: %s needs a value; see lh-probe --help.\n", a);

@@ -6,6 +6,10 @@
 #include <stddef.h>
 #include <longhaul/allreduce.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* acc[i] += x[i]. CPU twin of lh_cuda_reduce_add_f32. */
 void lh_reduce_add_f32(float *acc, const float *x, size_t n);
 /* x[i] /= divisor. CPU twin of lh_cuda_reduce_div_f32. */
@@ -20,4 +24,7 @@ lh_status lh_reduce_div(int on_device, float *x, float divisor, size_t n);
 lh_status lh_ring_allreduce(lh_comm comm, float *data, size_t count, lh_reduce_op op, size_t chunk_bytes,
                             int on_device);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -8,6 +8,10 @@
 #include <longhaul/status.h>
 #include <longhaul/env.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #if defined(__GNUC__)
 #define LH_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #else
@@ -70,4 +74,7 @@ lh_status lh_copy_to_device(void *dst_device, const void *src, size_t bytes);
 lh_status lh_device_alloc(void **ptr, size_t bytes);
 void lh_device_free(void *ptr);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

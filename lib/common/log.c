@@ -27,7 +27,7 @@ static int lh_log_level_now(void) {
   return lh_log_level_cached;
 }
 
-int lh_log_enabled(lh_log_level level) { return level != LH_LOG_NONE && level <= lh_log_level_now(); }
+int lh_log_enabled(lh_log_level level) { return level != LH_LOG_NONE && (int)level <= lh_log_level_now(); }
 
 void lh_log_set_rank(int rank) { lh_log_rank = rank; }
 

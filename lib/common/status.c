@@ -49,7 +49,7 @@ lh_status lh_error_context(lh_status status, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(prefix, sizeof prefix, fmt, ap);
   va_end(ap);
-  snprintf(lh_error_text, sizeof lh_error_text, "%s: %s", prefix, old);
+  snprintf(lh_error_text, sizeof lh_error_text, "%.400s: %.600s", prefix, old);
   return status;
 }
 

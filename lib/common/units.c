@@ -79,7 +79,7 @@ lh_status lh_parse_size(const char *text, size_t *bytes) {
                                   {"gb", 1073741824.0}};
   if (!bytes)
     return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_parse_size: output must not be NULL");
-  double v;
+  double v = 0;
   LH_CHECK(lh_parse_with_units("size", text, units, 10, "K, M or G (binary multiples)", 0, &v));
   if (v != floor(v) || v > 1e18)
     return lh_error(LH_ERR_PARSE, "size '%s': expected a whole number of bytes", text);

@@ -372,7 +372,7 @@ lh_status lh_comm_reset_stats(lh_comm comm) {
 }
 
 lh_status lh_comm_agree(lh_comm comm, const long long *values, int count, const char *const *names, const char *fn) {
-  long long lo[8], hi[8], both[16];
+  long long lo[8], hi[8], both[16] = {0};
   if (count > 8)
     return lh_error(LH_ERR_INTERNAL, "lh_comm_agree: at most 8 values");
   for (int i = 0; i < count; i++) {
