@@ -111,8 +111,8 @@ int main(int argc, char **argv) {
     MPI_Finalize();
     return rc == 1 ? 0 : 2;
   }
-  if (!o.quiet && rank == 0)
-    o.probe.progress = progress;
+  if (!o.quiet)
+    o.probe.progress = progress; /* every rank reports its own outgoing links */
 
   lh_comm comm = NULL;
   lh_status st = lh_comm_create(NULL, &comm);

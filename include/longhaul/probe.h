@@ -19,7 +19,8 @@
 extern "C" {
 #endif
 
-/* Called on rank 0 after each pair is measured, e.g. to print progress. */
+/* Called on each rank after it measured one of its outgoing links (from = this rank), e.g. to
+ * print progress. It runs between measurements, so it should be quick. */
 typedef void (*lh_probe_progress_fn)(void *user, int from, int to, double latency_s, double bandwidth_Bps);
 
 typedef struct lh_probe_config {

@@ -145,9 +145,8 @@ lh_status lh_probe_links(lh_comm comm, const lh_probe_config *config, lh_links *
   lh_status st = LH_SUCCESS;
   double *row = lh_calloc((size_t)2 * n, sizeof(double), "probe results");   /* my alpha, beta per peer */
   double *all = lh_calloc((size_t)2 * n * n, sizeof(double), "probe results");
-  double *round_out = lh_calloc((size_t)3 * n, sizeof(double), "probe progress");
   p.buf = lh_malloc(p.cfg.max_bytes, "the probe buffer");
-  if (!row || !all || !round_out || !p.buf) {
+  if (!row || !all || !p.buf) {
     st = LH_ERR_OUT_OF_MEMORY;
     goto done;
   }
@@ -171,17 +170,8 @@ lh_status lh_probe_links(lh_comm comm, const lh_probe_config *config, lh_links *
         mine[0] = partner, mine[1] = a, mine[2] = b;
       }
     }
-    if (p.cfg.progress) {
-      int rc = MPI_Gather(mine, 3, MPI_DOUBLE, round_out, 3, MPI_DOUBLE, 0, comm->ctrl);
-      if (rc != MPI_SUCCESS) {
-        st = lh_mpi_error(rc, "MPI_Gather of probe progress");
-        goto done;
-      }
-      if (me == 0)
-        for (int r = 0; r < n; r++)
-          if (round_out[3 * r] >= 0)
-            p.cfg.progress(p.cfg.progress_user, r, (int)round_out[3 * r], round_out[3 * r + 1], round_out[3 * r + 2]);
-    }
+    if (p.cfg.progress && mine[0] >= 0)
+      p.cfg.progress(p.cfg.progress_user, me, (int)mine[0], mine[1], mine[2]);
   }
   int rc = MPI_Allgather(row, 2 * n, MPI_DOUBLE, all, 2 * n, MPI_DOUBLE, comm->ctrl);
   if (rc != MPI_SUCCESS) {
@@ -203,7 +193,6 @@ lh_status lh_probe_links(lh_comm comm, const lh_probe_config *config, lh_links *
 done:
   free(row);
   free(all);
-  free(round_out);
   free(p.buf);
   return st;
 }

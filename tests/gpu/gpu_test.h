@@ -1,0 +1,28 @@
+// Helpers shared by the GPU tests.
+#ifndef LH_TESTS_GPU_TEST_H
+#define LH_TESTS_GPU_TEST_H
+
+#include <cstdio>
+#include <cstdlib>
+
+#include <cuda_runtime.h>
+
+// ctest's SKIP_RETURN_CODE for the gpu label: a machine without a usable device reports the
+// test as skipped, not passed (nothing was checked) and not failed (nothing is wrong).
+constexpr int kLhGpuSkipCode = 77;
+
+// Returns the number of CUDA devices, or exits with kLhGpuSkipCode when there is none or the
+// runtime cannot reach a driver (a build machine without a GPU gets "no CUDA-capable device"
+// or "driver version is insufficient"). Call first in main, before MPI or gtest start.
+inline int lh_gpu_device_count_or_skip() {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count <= 0) {
+    std::printf("no GPU: skipped (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "no CUDA device");
+    std::fflush(stdout);
+    std::exit(kLhGpuSkipCode);
+  }
+  return count;
+}
+
+#endif
