@@ -27,10 +27,11 @@ lh_install_deps
 
 build="$root/build"
 echo "== building Longhaul in $build"
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$build.configure.log" 2>&1 ||
-  { cat "$build.configure.log"; exit 1; }
-cmake --build "$build" -j "$(nproc)" --target lh-probe lh-info allreduce_perf >"$build.build.log" 2>&1 ||
-  { tail -40 "$build.build.log"; exit 1; }
+mkdir -p "$build"
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$build/configure.log" 2>&1 ||
+  { cat "$build/configure.log"; exit 1; }
+cmake --build "$build" -j "$(nproc)" --target lh-probe lh-info allreduce_perf >"$build/build.log" 2>&1 ||
+  { tail -40 "$build/build.log"; exit 1; }
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpirun=(mpirun -np 4 --oversubscribe)

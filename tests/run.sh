@@ -30,16 +30,17 @@ lh_install_deps
 build="$root/build${sanitize:+-$sanitize}"
 jobs=$(nproc 2>/dev/null || echo 2)
 echo "== configure ($build)"
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLH_SANITIZE="$sanitize" >"$build.configure.log" 2>&1 ||
-  { cat "$build.configure.log"; exit 1; }
-grep -E '^-- +(Longhaul|MPI|zstd|CUDA|NCCL|hwloc|LH_)' "$build.configure.log" || true
+mkdir -p "$build"
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLH_SANITIZE="$sanitize" >"$build/configure.log" 2>&1 ||
+  { cat "$build/configure.log"; exit 1; }
+grep -E '^-- +(Longhaul|MPI|zstd|CUDA|NCCL|hwloc|LH_)' "$build/configure.log" || true
 echo "== build"
-if ! cmake --build "$build" -j "$jobs" >"$build.build.log" 2>&1; then
-  grep -E -A3 'error|Error' "$build.build.log" | head -60
-  echo "tests/run.sh: the build failed; the whole log is $build.build.log" >&2
+if ! cmake --build "$build" -j "$jobs" >"$build/build.log" 2>&1; then
+  grep -E -A3 'error|Error' "$build/build.log" | head -60
+  echo "tests/run.sh: the build failed; the whole log is $build/build.log" >&2
   exit 1
 fi
-grep -E 'warning' "$build.build.log" || true
+grep -E 'warning' "$build/build.log" || true
 echo "== test"
 cd "$build"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

@@ -262,7 +262,7 @@ lh_status lh_finalize(void) {
 lh_status lh_progress_all(void) {
   for (struct lh_comm_s *c = lh_live_comms; c; c = c->next_live)
     if (c->broken == LH_SUCCESS)
-      LH_CHECK(lh_comm_progress(c));
+      LH_CHECK(lh_comm_progress(c, 1));
   return LH_SUCCESS;
 }
 

@@ -157,8 +157,10 @@ lh_status lh_isend(lh_comm comm, const void *buf, size_t bytes, int peer, int ta
   lh_request_link(comm, r);
   *request = r;
   /* Start moving at once. A failure found here belongs to some request and is reported by
-   * its test or wait, with its own detail. */
-  lh_comm_progress(comm);
+   * its test or wait, with its own detail. Grouping backends are flushed only by test and
+   * wait, so that a send and a receive posted one after the other travel in one group (NCCL
+   * needs that for messages to self, and a ring step needs it to avoid deadlock). */
+  lh_comm_progress(comm, 0);
   lh_error_clear();
   return LH_SUCCESS;
 }
@@ -177,8 +179,10 @@ lh_status lh_irecv(lh_comm comm, void *buf, size_t bytes, int peer, int tag, lh_
   lh_request_link(comm, r);
   *request = r;
   /* Start moving at once. A failure found here belongs to some request and is reported by
-   * its test or wait, with its own detail. */
-  lh_comm_progress(comm);
+   * its test or wait, with its own detail. Grouping backends are flushed only by test and
+   * wait, so that a send and a receive posted one after the other travel in one group (NCCL
+   * needs that for messages to self, and a ring step needs it to avoid deadlock). */
+  lh_comm_progress(comm, 0);
   lh_error_clear();
   return LH_SUCCESS;
 }
@@ -287,7 +291,11 @@ static lh_status lh_post_send_chunks(struct lh_comm_s *c) {
   for (struct lh_request_s *r = c->head; r; r = r->next) {
     if (r->kind != LH_REQ_SEND || r->finished)
       continue;
-    while (r->posted < r->nchunks && c->send_inflight[r->peer] < c->max_inflight) {
+    /* A backend that issues posts in groups (NCCL) gets every chunk at once: a window would
+     * split one message over several groups, and a group whose receives wait for sends the
+     * peer issues in a later group never completes. */
+    int grouped = c->ops->flush != NULL;
+    while (r->posted < r->nchunks && (grouped || c->send_inflight[r->peer] < c->max_inflight)) {
       size_t off = (size_t)r->posted * r->chunk_bytes;
       lh_status st = c->ops->post_send(c->be, r->wire_buf + off, lh_chunk_length(r, r->posted), r->peer, r->tag,
                                        &r->chunks[r->posted]);
@@ -300,7 +308,7 @@ static lh_status lh_post_send_chunks(struct lh_comm_s *c) {
   return LH_SUCCESS;
 }
 
-lh_status lh_comm_progress(struct lh_comm_s *c) {
+lh_status lh_comm_progress(struct lh_comm_s *c, int flush) {
   lh_status first = LH_SUCCESS;
   lh_blocked_pairs blocked = {.count = 0};
   for (struct lh_request_s *r = c->head; r; r = r->next) {
@@ -311,9 +319,17 @@ lh_status lh_comm_progress(struct lh_comm_s *c) {
   lh_status st = lh_post_send_chunks(c);
   if (first == LH_SUCCESS)
     first = st;
-  if (c->ops->flush && first == LH_SUCCESS)
-    first = c->ops->flush(c->be);
-  return first == LH_SUCCESS ? LH_SUCCESS : first;
+  if (flush && c->ops->flush) {
+    /* A failed group leaves its requests without completion events: nothing on this
+     * communicator can finish, so say so to every waiter instead of letting them time out. */
+    st = c->ops->flush(c->be);
+    if (st != LH_SUCCESS) {
+      lh_comm_break(c, st, lh_last_error());
+      if (first == LH_SUCCESS)
+        first = st;
+    }
+  }
+  return first;
 }
 
 /* Whether everything but the simulated clock is done. */

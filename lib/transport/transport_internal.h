@@ -143,8 +143,9 @@ struct lh_comm_s {
   struct lh_comm_s *next_live;      /* process-wide list, for progress across communicators */
 };
 
-/* Advances one communicator: tests posted work, posts queued chunks. */
-lh_status lh_comm_progress(struct lh_comm_s *comm);
+/* Advances one communicator: tests posted work, posts queued chunks, and with flush set has a
+ * grouping backend issue what was posted. */
+lh_status lh_comm_progress(struct lh_comm_s *comm, int flush);
 /* Unlinks and frees a request, abandoning whatever it still has posted. */
 void lh_request_abandon(struct lh_request_s *req);
 /* Advances every live communicator: tests posted work, posts queued chunks. */

@@ -43,7 +43,7 @@ run() {
 }
 
 prefix=$work/prefix
-rm -rf "$work" && mkdir -p "$work" || fail "cannot create $work"
+{ rm -rf "$work" && mkdir -p "$work"; } || fail "cannot create $work"
 
 # A sanitized library has the sanitizer runtime among its dependencies, which must come first
 # in the program: build the consumers with the same flag.
