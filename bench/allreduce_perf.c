@@ -21,7 +21,7 @@
 
 enum { EXIT_USAGE = 2 }; /* bad flags, or a setting the library refuses (mpi on simulated links) */
 
-#define PROGRESS_AFTER_S 2.0  /* iterations slower than this are reported on stderr */
+#define PROGRESS_AFTER_S 2.0                 /* slower iterations are reported on stderr */
 #define DEFAULT_RING_CHUNK ((size_t)1 << 20) /* lh_allreduce's chunk when nothing sets one */
 #define MIN_RING_CHUNK ((size_t)4096)        /* the rule LH_RING_CHUNK_BYTES follows */
 #define FILL_SEED 0x4c6f6e676861756cULL      /* "Longhaul" */
@@ -52,12 +52,12 @@ typedef struct {
 
 /* nccl-tests' short and long names, so that its command lines work unchanged. */
 static const opt_spec opt_specs[] = {
-  {OPT_MIN_BYTES, 'b', "minbytes", 1},   {OPT_MAX_BYTES, 'e', "maxbytes", 1},
+  {OPT_MIN_BYTES, 'b', "minbytes", 1},     {OPT_MAX_BYTES, 'e', "maxbytes", 1},
   {OPT_STEP_FACTOR, 'f', "stepfactor", 1}, {OPT_STEP_BYTES, 'i', "stepbytes", 1},
-  {OPT_ITERS, 'n', "iters", 1},          {OPT_WARMUP, 'w', "warmup_iters", 1},
-  {OPT_CHECK, 'c', "check", 1},          {OPT_OP, 'o', "op", 1},
-  {OPT_TYPE, 'd', "datatype", 1},        {OPT_ALGO, 0, "algo", 1},
-  {OPT_CHUNK, 0, "chunk", 1},            {OPT_HELP, 'h', "help", 0},
+  {OPT_ITERS, 'n', "iters", 1},            {OPT_WARMUP, 'w', "warmup_iters", 1},
+  {OPT_CHECK, 'c', "check", 1},            {OPT_OP, 'o', "op", 1},
+  {OPT_TYPE, 'd', "datatype", 1},          {OPT_ALGO, 0, "algo", 1},
+  {OPT_CHUNK, 0, "chunk", 1},              {OPT_HELP, 'h', "help", 0},
 };
 enum { OPT_COUNT = sizeof opt_specs / sizeof opt_specs[0] };
 
@@ -439,9 +439,9 @@ typedef struct {
 
 /* nccl-tests' columns (time wider: seconds-long iterations on slow links), then ours. */
 static const column columns[] = {
-  {"size", "(B)", 12},   {"count", "(elements)", 12}, {"type", "", 8},    {"redop", "", 6},
-  {"root", "", 6},       {"time", "(us)", 10},        {"algbw", "(GB/s)", 8}, {"busbw", "(GB/s)", 8},
-  {"#wrong", "", 6},     {"wireB", "(B)", 12},        {"ratio", "", 6},   {"relerr", "", 9},
+  {"size", "(B)", 12},     {"count", "(elements)", 12}, {"type", "", 8},          {"redop", "", 6},
+  {"root", "", 6},         {"time", "(us)", 10},        {"algbw", "(GB/s)", 8},   {"busbw", "(GB/s)", 8},
+  {"#wrong", "", 6},       {"wireB", "(B)", 12},        {"ratio", "", 6},         {"relerr", "", 9},
   {"model(us)", "", 10},
 };
 enum { NCOLUMNS = sizeof columns / sizeof columns[0], CELL = 32 };

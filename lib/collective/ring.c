@@ -123,12 +123,10 @@ lh_status lh_ring_allreduce(lh_comm comm, float *data, size_t count, lh_reduce_o
     LH_CHECK_GOTO(lh_device_alloc((void **)&g.scratch[0], longest * sizeof(float)), st, done);
     LH_CHECK_GOTO(lh_device_alloc((void **)&g.scratch[1], longest * sizeof(float)), st, done);
   } else {
-    g.scratch[0] = lh_malloc(longest * sizeof(float), "ring scratch");
-    g.scratch[1] = lh_malloc(longest * sizeof(float), "ring scratch");
-    if (!g.scratch[0] || !g.scratch[1]) {
-      st = LH_ERR_OUT_OF_MEMORY;
-      goto done;
-    }
+    void *both = NULL;
+    LH_CHECK_GOTO(lh_comm_scratch(comm, 2 * longest * sizeof(float), &both), st, done);
+    g.scratch[0] = both;
+    g.scratch[1] = g.scratch[0] + longest;
   }
   st = lh_ring_run(&g, op, on_device);
   if (st != LH_SUCCESS)
@@ -143,11 +141,8 @@ done:
       lh_request_abandon(g.send_req[i]);
   free(g.recv_req);
   free(g.send_req);
-  for (int k = 0; k < 2; k++) {
-    if (on_device)
+  if (on_device) /* host scratch belongs to the communicator */
+    for (int k = 0; k < 2; k++)
       lh_device_free(g.scratch[k]);
-    else
-      free(g.scratch[k]);
-  }
   return st;
 }

@@ -81,7 +81,21 @@ static lh_status lh_resolve_config(const lh_comm_config *in, lh_comm_config *out
   return LH_SUCCESS;
 }
 
+lh_status lh_comm_scratch(struct lh_comm_s *c, size_t bytes, void **scratch) {
+  if (bytes > c->scratch_bytes) {
+    void *grown = lh_malloc(bytes, "collective scratch");
+    if (!grown)
+      return LH_ERR_OUT_OF_MEMORY;
+    free(c->scratch);
+    c->scratch = grown;
+    c->scratch_bytes = bytes;
+  }
+  *scratch = c->scratch;
+  return LH_SUCCESS;
+}
+
 static void lh_comm_free_memory(struct lh_comm_s *c) {
+  free(c->scratch);
   free(c->send_inflight);
   free(c->send_seq);
   free(c->recv_posted);

@@ -137,6 +137,8 @@ struct lh_comm_s {
   int *sim_rank;            /* comm rank -> sim rank */
   char (*hosts)[64];        /* host name of each rank */
   int host_count;
+  void *scratch;            /* grow-only host scratch for collectives (first touch is costly) */
+  size_t scratch_bytes;
   lh_status broken;         /* set after a failure that desynchronises the channels */
   char broken_reason[256];
   struct lh_request_s *head, *tail; /* active requests in posting order */
@@ -148,6 +150,9 @@ struct lh_comm_s {
 lh_status lh_comm_progress(struct lh_comm_s *comm, int flush);
 /* Unlinks and frees a request, abandoning whatever it still has posted. */
 void lh_request_abandon(struct lh_request_s *req);
+/* Host scratch of at least `bytes`, kept by the communicator between calls: allocating and
+ * first-touching megabytes on every collective costs more than a fast link's transfer. */
+lh_status lh_comm_scratch(struct lh_comm_s *comm, size_t bytes, void **scratch);
 /* Advances every live communicator: tests posted work, posts queued chunks. */
 lh_status lh_progress_all(void);
 /* Validates a communicator handle and that it is usable. */
