@@ -74,9 +74,11 @@ lh_status lh_model_p2p(const lh_links *links, int from, int to, size_t bytes, do
  * given (NULL: 0..ranks-1), each ring step cut into chunks of `chunk_bytes` (0: whole
  * segments), as lh_allreduce's ring runs it: 2(ranks-1) steps that each move bytes/ranks over
  * every ring link; a step costs max(its chunks' wire time, one chunk's wire time plus the
- * link latency) on the slowest link, and the last chunk adds one latency:
+ * link latency) on the slowest link, and the last step ends when its last chunk arrives, one
+ * segment's wire time plus the latency after it starts:
  *   segment = ceil(bytes / ranks), chunk = min(chunk_bytes, segment),
- *   seconds = 2(ranks-1) * max_k max(segment/beta_k, chunk/beta_k + alpha_k) + max_k alpha_k
+ *   seconds = (2(ranks-1) - 1) * max_k max(segment/beta_k, chunk/beta_k + alpha_k)
+ *             + max_k (segment/beta_k + alpha_k)
  * over the ring links k -> k+1 (the last rank sends to the first). ranks_in_order must hold
  * `ranks` distinct devices of the matrix. ranks == 1 or bytes == 0 gives 0. */
 lh_status lh_model_ring_allreduce(const lh_links *links, const int *ranks_in_order, int ranks,

@@ -77,7 +77,7 @@ lh_status lh_model_ring_allreduce(const lh_links *links, const int *ranks_in_ord
   size_t segment_bytes = bytes / (size_t)ranks + (bytes % (size_t)ranks != 0);
   size_t chunk_bytes_used = (chunk_bytes == 0 || chunk_bytes > segment_bytes) ? segment_bytes : chunk_bytes;
   double segment = (double)segment_bytes, chunk = (double)chunk_bytes_used;
-  double step = 0, max_alpha = 0;
+  double step = 0, last = 0;
   for (int k = 0; k < ranks; k++) {
     int from = ranks_in_order ? ranks_in_order[k] : k;
     int to = ranks_in_order ? ranks_in_order[(k + 1) % ranks] : (k + 1) % ranks;
@@ -87,8 +87,10 @@ lh_status lh_model_ring_allreduce(const lh_links *links, const int *ranks_in_ord
      * first chunk must arrive before the receiver can forward it), whichever is slower. */
     double link_step = fmax(segment / beta, chunk / beta + alpha);
     step = fmax(step, link_step);
-    max_alpha = fmax(max_alpha, alpha);
+    /* The last step ends when its last chunk arrives: the step's chunks follow the previous
+     * step's arrivals back to back, so it is one segment's wire time plus the latency. */
+    last = fmax(last, segment / beta + alpha);
   }
-  *seconds = 2.0 * (ranks - 1) * step + max_alpha;
+  *seconds = (2.0 * (ranks - 1) - 1) * step + last;
   return LH_SUCCESS;
 }

@@ -49,18 +49,19 @@ TEST(CostModel, P2pIsAlphaPlusBytesOverBeta) {
 TEST(CostModel, UniformRing) {
   // 4 ranks, alpha 10 ms, beta 1 MB/s, 4 MB: segments of 1 MB, 2(4-1) = 6 steps.
   LinksPtr links = Uniform(4, 0.01, 1e6);
-  // Whole segments: a step is max(1 s, 1 s + 10 ms) = 1.01 s; total 6 * 1.01 + 0.01.
-  EXPECT_SECONDS(Ring(links.get(), nullptr, 4, 4000000, 0), 6.07);
-  // Chunks of 100 kB: max(1 s, 0.1 s + 10 ms) = 1 s per step; total 6 + 0.01.
+  // Whole segments: a step is max(1 s, 1 s + 10 ms) = 1.01 s; the last step is its segment's
+  // wire time plus the latency, 1.01 s: total 5 * 1.01 + 1.01.
+  EXPECT_SECONDS(Ring(links.get(), nullptr, 4, 4000000, 0), 6.06);
+  // Chunks of 100 kB: max(1 s, 0.1 s + 10 ms) = 1 s per step; total 5 * 1 + 1.01.
   EXPECT_SECONDS(Ring(links.get(), nullptr, 4, 4000000, 100000), 6.01);
   // A chunk larger than the segment is the segment.
-  EXPECT_SECONDS(Ring(links.get(), nullptr, 4, 4000000, 1 << 30), 6.07);
-  // Latency-bound: 4 kB in 1 kB segments: max(1 ms, 1 ms + 10 ms) = 11 ms; 6 * 0.011 + 0.01.
-  EXPECT_SECONDS(Ring(links.get(), nullptr, 4, 4000, 0), 0.076);
-  // Segments round up: 10 bytes over 4 ranks is 3 bytes a step: 6 * (3e-6 + 0.01) + 0.01.
-  EXPECT_SECONDS(Ring(links.get(), nullptr, 4, 10, 0), 6 * 0.010003 + 0.01);
-  // Fewer ranks than devices: 2 ranks, 2 steps of 2 MB: 2 * 2.01 + 0.01.
-  EXPECT_SECONDS(Ring(links.get(), nullptr, 2, 4000000, 0), 4.03);
+  EXPECT_SECONDS(Ring(links.get(), nullptr, 4, 4000000, 1 << 30), 6.06);
+  // Latency-bound: 4 kB in 1 kB segments: max(1 ms, 1 ms + 10 ms) = 11 ms; 5 * 0.011 + 0.011.
+  EXPECT_SECONDS(Ring(links.get(), nullptr, 4, 4000, 0), 0.066);
+  // Segments round up: 10 bytes over 4 ranks is 3 bytes a step: 6 * (3e-6 + 0.01).
+  EXPECT_SECONDS(Ring(links.get(), nullptr, 4, 10, 0), 6 * 0.010003);
+  // Fewer ranks than devices: 2 ranks, 2 steps of 2 MB: 2.01 + 2.01.
+  EXPECT_SECONDS(Ring(links.get(), nullptr, 2, 4000000, 0), 4.02);
 }
 
 TEST(CostModel, OneRankOrNoBytesCostsNothing) {
@@ -83,20 +84,21 @@ LinksPtr Heterogeneous() {
   return links;
 }
 
-TEST(CostModel, HeterogeneousRingUsesTheSlowestLinkAndLargestLatency) {
+TEST(CostModel, HeterogeneousRingUsesTheSlowestLink) {
   LinksPtr links = Heterogeneous();
   // 3 MB in 1 MB segments, 4 steps. Links 0->1: max(1, 1.001); 1->2: max(2, 2.005);
-  // 2->0: max(0.5, 0.502). Step 2.005 s; largest latency 5 ms. 4 * 2.005 + 0.005.
-  EXPECT_SECONDS(Ring(links.get(), nullptr, 3, 3000000, 0), 8.025);
-  // Chunks of 250 kB: 1->2 is max(2, 0.5 + 0.005) = 2 s. 4 * 2 + 0.005.
+  // 2->0: max(0.5, 0.502). Step 2.005 s; the last step's slowest link 1->2 takes 2 + 0.005.
+  // 3 * 2.005 + 2.005.
+  EXPECT_SECONDS(Ring(links.get(), nullptr, 3, 3000000, 0), 8.02);
+  // Chunks of 250 kB: 1->2 is max(2, 0.5 + 0.005) = 2 s. 3 * 2 + 2.005.
   EXPECT_SECONDS(Ring(links.get(), nullptr, 3, 3000000, 250000), 8.005);
   // The other direction, 0 -> 2 -> 1 -> 0: links 0->2: max(0.25, 0.253); 2->1: max(0.25,
-  // 0.254); 1->0: max(0.25, 0.256). Step 0.256 s; largest latency 6 ms. 4 * 0.256 + 0.006.
+  // 0.254); 1->0: max(0.25, 0.256). Step 0.256 s, and so is the last. 4 * 0.256.
   const int reverse[] = {0, 2, 1};
-  EXPECT_SECONDS(Ring(links.get(), reverse, 3, 3000000, 0), 1.03);
+  EXPECT_SECONDS(Ring(links.get(), reverse, 3, 3000000, 0), 1.024);
   // A rotation of the same ring costs the same.
   const int rotated[] = {2, 1, 0};
-  EXPECT_SECONDS(Ring(links.get(), rotated, 3, 3000000, 0), 1.03);
+  EXPECT_SECONDS(Ring(links.get(), rotated, 3, 3000000, 0), 1.024);
 }
 
 TEST(CostModel, UplinkCapLimitsTheSendersLinks) {
@@ -105,10 +107,10 @@ TEST(CostModel, UplinkCapLimitsTheSendersLinks) {
   // 1 -> 2 now runs at min(5e5, 2.5e5): 1 MB takes 4 s.
   EXPECT_SECONDS(P2p(links.get(), 1, 2, 1000000), 4.005);
   EXPECT_SECONDS(P2p(links.get(), 2, 1, 1000000), 0.254);  // device 2's links are not capped
-  EXPECT_SECONDS(Ring(links.get(), nullptr, 3, 3000000, 0), 4 * 4.005 + 0.005);
+  EXPECT_SECONDS(Ring(links.get(), nullptr, 3, 3000000, 0), 4 * 4.005);
   // A cap above the link's bandwidth changes nothing.
   ASSERT_EQ(lh_links_set_uplink(links.get(), 1, 1e9), LH_SUCCESS);
-  EXPECT_SECONDS(Ring(links.get(), nullptr, 3, 3000000, 0), 8.025);
+  EXPECT_SECONDS(Ring(links.get(), nullptr, 3, 3000000, 0), 8.02);
 }
 
 void ExpectRefused(lh_status st, const char *words) {
@@ -139,7 +141,7 @@ TEST(CostModel, RefusesBadArguments) {
 
 TEST(CostModel, ScenarioRingIsBandwidthBoundForLargeMessages) {
   // The worldwide scenario's ring in device order with 64 GiB in 1 MiB chunks: every step is
-  // the slowest ring link's segment time, plus the largest ring latency once.
+  // the slowest ring link's segment time; the last adds its link's latency.
   // ctest sets LH_SOURCE_DIR; run by hand, the tree this file lies in (tests/unit/..) is used.
   const char *dir = std::getenv("LH_SOURCE_DIR");
   std::string file = __FILE__, root = dir ? dir : file.substr(0, file.rfind("/tests/unit/"));
@@ -147,15 +149,15 @@ TEST(CostModel, ScenarioRingIsBandwidthBoundForLargeMessages) {
   lh_links *raw = nullptr;
   ASSERT_EQ(lh_links_read_file(path.c_str(), &raw), LH_SUCCESS) << lh_last_error();
   LinksPtr links(raw);
-  double slowest = 1e300, max_alpha = 0;
+  double slowest = 1e300, last = 0;
+  const size_t bytes = size_t(64) << 30, segment = size_t(1) << 30;
   for (int k = 0; k < 64; k++) {
     double alpha, beta;
     ASSERT_EQ(lh_links_get(links.get(), k, (k + 1) % 64, &alpha, &beta), LH_SUCCESS);
     slowest = std::min(slowest, beta);
-    max_alpha = std::max(max_alpha, alpha);
+    last = std::max(last, segment / beta + alpha);
   }
-  const size_t bytes = size_t(64) << 30, segment = size_t(1) << 30;
-  EXPECT_SECONDS(Ring(links.get(), nullptr, 64, bytes, 1 << 20), 126 * (segment / slowest) + max_alpha);
+  EXPECT_SECONDS(Ring(links.get(), nullptr, 64, bytes, 1 << 20), 125 * (segment / slowest) + last);
 }
 
 }  // namespace
