@@ -8,6 +8,10 @@
 int lh_test_world_rank();
 int lh_test_world_size();
 
+// Initialises MPI, calls setup(rank) when given (non-zero aborts), runs every test on every
+// rank and returns the same verdict on all of them (tests/mpi/mpi_run.cc).
+int lh_mpi_test_run(int argc, char **argv, int (*setup)(int rank));
+
 // A value every rank can compute for any (seed, rank, index) without communicating:
 // a splitmix64 hash mapped to a float in [-1, 1) with 20 significant bits, so that sums of a
 // few of them are exact in float32 (order-independent) when a test wants exact answers.
