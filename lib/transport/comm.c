@@ -394,9 +394,26 @@ lh_status lh_comm_agree(lh_comm comm, const long long *values, int count, const 
     both[count + i] = -values[i];
   }
   long long red[16];
-  int rc = MPI_Allreduce(both, red, 2 * count, MPI_LONG_LONG, MPI_MAX, comm->ctrl);
+  /* Non-blocking, so that a rank that never joins gives LH_ERR_TIMEOUT, not a hang. */
+  MPI_Request req;
+  int rc = MPI_Iallreduce(both, red, 2 * count, MPI_LONG_LONG, MPI_MAX, comm->ctrl, &req);
   if (rc != MPI_SUCCESS)
-    return lh_mpi_error(rc, "MPI_Allreduce (argument check)");
+    return lh_mpi_error(rc, "MPI_Iallreduce (argument check)");
+  double deadline = lh_now() + comm->timeout_s;
+  for (int done = 0, polls = 0; !done; polls++) {
+    rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS)
+      return lh_mpi_error(rc, "MPI_Test (argument check)");
+    if (!done && lh_now() > deadline) {
+      char reason[200];
+      snprintf(reason, sizeof reason, "%s: timed out after %g s (LH_TIMEOUT_S) waiting for every rank to join", fn,
+               comm->timeout_s);
+      lh_comm_break(comm, LH_ERR_TIMEOUT, reason); /* the pending collective desynchronises it */
+      return lh_error(LH_ERR_TIMEOUT, "%s", reason);
+    }
+    if (!done && polls > 64)
+      lh_sleep_until(lh_now() + 50e-6);
+  }
   for (int i = 0; i < count; i++) {
     hi[i] = red[i];
     lo[i] = -red[count + i];

@@ -170,3 +170,23 @@ TEST(Ring, AlgorithmNames) {
 }
 
 }  // namespace
+
+namespace {
+TEST(Ring, ARankThatNeverJoinsGivesATimeout) {
+  lh_comm_config cc = LH_COMM_CONFIG_INIT;
+  cc.simulate = 0;
+  cc.timeout_s = 0.3;
+  lh_comm c = nullptr;
+  LH_ASSERT_OK(lh_comm_create(&cc, &c));
+  int rank, size;
+  lh_comm_rank(c, &rank);
+  lh_comm_size(c, &size);
+  if (size > 1 && rank != size - 1) {  // the last rank stays away
+    float x = 1;
+    EXPECT_EQ(lh_allreduce(c, &x, &x, 1, nullptr), LH_ERR_TIMEOUT);
+    EXPECT_NE(std::strstr(lh_last_error(), "every rank"), nullptr) << lh_last_error();
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  lh_comm_destroy(c);
+}
+}  // namespace
