@@ -180,8 +180,9 @@ for algo in ring mpi; do
   say "allreduce_perf --algo $algo on $hosts hosts"
   echo "# ===== --algo $algo: $hosts hosts, uplinks ${rates[*]:0:$hosts} ====="
   rc=0
+  : >"$tmp/$algo.out" # exists before tail opens it; the run below appends from its start
   bash "$TESTBED" run -- "$bench" --algo "$algo" -b "$minb" -e "$maxb" -f "$factor" -n "$iters" \
-    -w "$warmup" "${extra[@]+"${extra[@]}"}" >"$tmp/$algo.out" 2>&1 &
+    -w "$warmup" "${extra[@]+"${extra[@]}"}" >>"$tmp/$algo.out" 2>&1 &
   CHILD=$!
   tail -n +1 -f --pid="$CHILD" "$tmp/$algo.out" &
   wait "$CHILD" || rc=$?
