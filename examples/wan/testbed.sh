@@ -60,7 +60,8 @@ Real bandwidth-shaped links between N hosts on one machine (root only).
                  --mca plm_rsh_agent AGENT (a generated script that runs the daemon inside
                  the host's namespace), --mca pml ob1 --mca btl tcp,self,
                  btl/oob_tcp_if_include ${SUBNET}.0/24, --oversubscribe, -np N (unless given),
-                 -x for OMPI_ALLOW_RUN_AS_ROOT[_CONFIRM] and every LH_* variable set here,
+                 -x for OMPI_ALLOW_RUN_AS_ROOT[_CONFIRM], every LH_* variable set here but
+                 the testbed's own LH_TESTBED_*, and ASAN_OPTIONS/UBSAN_OPTIONS,
                  and mpi_yield_when_idle 1 when there are more hosts than CPUs.
                  mpirun itself runs in ${PREFIX}ctl (it needs an address on the subnet).
                  Exits with mpirun's status.
@@ -408,7 +409,11 @@ cmd_run() {
   fi
   local v
   while read -r v; do
-    [[ $v == LH_* ]] && cmd+=(-x "$v")
+    # Longhaul's variables (not the testbed's own settings) and the sanitizers' options, so
+    # that a sanitizer build behaves on the testbed as it does under plain mpirun.
+    if [[ $v == LH_* && $v != LH_TESTBED_* ]] || [[ $v == ASAN_OPTIONS || $v == UBSAN_OPTIONS ]]; then
+      cmd+=(-x "$v")
+    fi
   done < <(compgen -e)
   cmd+=("${mpi_args[@]+"${mpi_args[@]}"}" "${prog[@]}")
 

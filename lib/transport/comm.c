@@ -8,6 +8,7 @@
 #include "transport/transport_internal.h"
 
 static struct lh_comm_s *lh_live_comms; /* every communicator of this process */
+static void lh_release_agreements(struct lh_comm_s *c);
 static int lh_we_initialized_mpi;
 
 static const lh_backend_ops *lh_backend_lookup(lh_backend b) {
@@ -247,6 +248,7 @@ lh_status lh_comm_destroy(lh_comm comm) {
            r->kind == LH_REQ_SEND ? "send" : "receive", r->bytes, r->peer);
     lh_request_abandon(r);
   }
+  lh_release_agreements(comm);
   for (struct lh_comm_s **p = &lh_live_comms; *p; p = &(*p)->next_live)
     if (*p == comm) {
       *p = comm->next_live;
@@ -385,26 +387,43 @@ lh_status lh_comm_reset_stats(lh_comm comm) {
   return LH_SUCCESS;
 }
 
+/* The argument check's buffers and request. After a timeout MPI still owns the pending
+ * collective and may complete it later (when the missing rank arrives), writing into these
+ * buffers: they must outlive the call, so they live on the heap and a timed-out one is parked
+ * on the communicator. */
+typedef struct lh_agreement {
+  MPI_Request req;
+  long long local[16], reduced[16];
+  struct lh_agreement *next;
+} lh_agreement;
+
 lh_status lh_comm_agree(lh_comm comm, const long long *values, int count, const char *const *names, const char *fn) {
-  long long lo[8], hi[8], both[16] = {0};
   if (count > 8)
     return lh_error(LH_ERR_INTERNAL, "lh_comm_agree: at most 8 values");
+  lh_agreement *a = lh_calloc(1, sizeof *a, "an argument check");
+  if (!a)
+    return LH_ERR_OUT_OF_MEMORY;
+  /* One MAX reduction gives both extremes: the max of v and the max of -v. */
   for (int i = 0; i < count; i++) {
-    both[i] = values[i];
-    both[count + i] = -values[i];
+    a->local[i] = values[i];
+    a->local[count + i] = -values[i];
   }
-  long long red[16];
   /* Non-blocking, so that a rank that never joins gives LH_ERR_TIMEOUT, not a hang. */
-  MPI_Request req;
-  int rc = MPI_Iallreduce(both, red, 2 * count, MPI_LONG_LONG, MPI_MAX, comm->ctrl, &req);
-  if (rc != MPI_SUCCESS)
+  int rc = MPI_Iallreduce(a->local, a->reduced, 2 * count, MPI_LONG_LONG, MPI_MAX, comm->ctrl, &a->req);
+  if (rc != MPI_SUCCESS) {
+    free(a);
     return lh_mpi_error(rc, "MPI_Iallreduce (argument check)");
+  }
   double deadline = lh_now() + comm->timeout_s;
   for (int done = 0, polls = 0; !done; polls++) {
-    rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
-    if (rc != MPI_SUCCESS)
+    rc = MPI_Test(&a->req, &done, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) {
+      free(a);
       return lh_mpi_error(rc, "MPI_Test (argument check)");
+    }
     if (!done && lh_now() > deadline) {
+      a->next = comm->stale_agreements;
+      comm->stale_agreements = a;
       char reason[200];
       snprintf(reason, sizeof reason, "%s: timed out after %g s (LH_TIMEOUT_S) waiting for every rank to join", fn,
                comm->timeout_s);
@@ -414,12 +433,28 @@ lh_status lh_comm_agree(lh_comm comm, const long long *values, int count, const 
     if (!done && polls > 64)
       lh_sleep_until(lh_now() + 50e-6);
   }
-  for (int i = 0; i < count; i++) {
-    hi[i] = red[i];
-    lo[i] = -red[count + i];
-    if (lo[i] != hi[i])
-      return lh_error(LH_ERR_MISMATCH, "%s: ranks passed different %s (from %lld to %lld; this rank %lld)", fn,
-                      names[i], lo[i], hi[i], values[i]);
+  lh_status st = LH_SUCCESS;
+  for (int i = 0; i < count && st == LH_SUCCESS; i++) {
+    long long hi = a->reduced[i], lo = -a->reduced[count + i];
+    if (lo != hi)
+      st = lh_error(LH_ERR_MISMATCH, "%s: ranks passed different %s (from %lld to %lld; this rank %lld)", fn, names[i],
+                    lo, hi, values[i]);
   }
-  return LH_SUCCESS;
+  free(a);
+  return st;
+}
+
+/* Frees the parked checks MPI has finished with; the others stay allocated (a few hundred
+ * bytes each) because MPI may still write into them. */
+static void lh_release_agreements(struct lh_comm_s *c) {
+  while (c->stale_agreements) {
+    lh_agreement *a = c->stale_agreements;
+    c->stale_agreements = a->next;
+    int done = 0;
+    MPI_Test(&a->req, &done, MPI_STATUS_IGNORE);
+    if (done)
+      free(a);
+    else
+      lh_log(LH_LOG_DEBUG, "transport", "an argument check that timed out is still pending in MPI; left allocated");
+  }
 }

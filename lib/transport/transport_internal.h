@@ -137,6 +137,7 @@ struct lh_comm_s {
   int *sim_rank;            /* comm rank -> sim rank */
   char (*hosts)[64];        /* host name of each rank */
   int host_count;
+  struct lh_agreement *stale_agreements; /* argument checks that timed out, still in MPI */
   void *scratch;            /* grow-only host scratch for collectives (first touch is costly) */
   size_t scratch_bytes;
   lh_status broken;         /* set after a failure that desynchronises the channels */

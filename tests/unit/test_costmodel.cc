@@ -142,8 +142,8 @@ TEST(CostModel, RefusesBadArguments) {
 TEST(CostModel, ScenarioRingIsBandwidthBoundForLargeMessages) {
   // The worldwide scenario's ring in device order with 64 GiB in 1 MiB chunks: every step is
   // the slowest ring link's segment time; the last adds its link's latency.
-  // ctest sets LH_SOURCE_DIR; run by hand, the tree this file lies in (tests/unit/..) is used.
-  const char *dir = std::getenv("LH_SOURCE_DIR");
+  // ctest sets LONGHAUL_SOURCE_DIR; run by hand, the tree this file lies in (tests/unit/..) is used.
+  const char *dir = std::getenv("LONGHAUL_SOURCE_DIR");
   std::string file = __FILE__, root = dir ? dir : file.substr(0, file.rfind("/tests/unit/"));
   std::string path = root + "/examples/links/scenarios/dtfm-5-worldwide.links";
   lh_links *raw = nullptr;

@@ -102,9 +102,9 @@ void ExpectRoundTrip(const lh_links *links) {
   ExpectSameMatrix(links, back.get());
 }
 
-// ctest sets LH_SOURCE_DIR; run by hand, the tree this file lies in (tests/unit/..) is used.
+// ctest sets LONGHAUL_SOURCE_DIR; run by hand, the tree this file lies in (tests/unit/..) is used.
 std::string SourceDir() {
-  const char *dir = std::getenv("LH_SOURCE_DIR");
+  const char *dir = std::getenv("LONGHAUL_SOURCE_DIR");
   if (dir)
     return dir;
   std::string file = __FILE__;
