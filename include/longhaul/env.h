@@ -11,6 +11,7 @@
  *   LH_SIM_LAT       (unset)   uniform simulated one-way latency, e.g. 20ms
  *   LH_RING_CHUNK_BYTES 1MiB   pipeline chunk of the ring all-reduce
  *   LH_BIND          none      none|core|gpu|nic: bind each rank near a core, its GPU or a NIC
+ *                              when its first communicator is created (a warning if impossible)
  *
  * Stability: stable. */
 #ifndef LONGHAUL_ENV_H

@@ -33,7 +33,7 @@ static const lh_env_entry lh_env_table[] = {
    "simulate every link with this one-way latency (unset: 0)"},
   {"LH_RING_CHUNK_BYTES", LH_ENV_BYTES, "1MiB", "a size >= 4KiB", "pipeline chunk of the ring all-reduce"},
   {"LH_BIND", LH_ENV_WORD, "none", "none|core|gpu|nic",
-   "bind each rank near a core, its GPU or a NIC (programs that call lh_topo_bind)"},
+   "bind each rank near a core, its GPU or a NIC when its first communicator is created"},
 };
 #define LH_ENV_ENTRIES ((int)(sizeof lh_env_table / sizeof lh_env_table[0]))
 

@@ -210,6 +210,7 @@ lh_status lh_comm_create(const lh_comm_config *config, lh_comm *comm) {
   int world_rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
   lh_log_set_rank(world_rank);
+  lh_apply_binding(ctrl);
   LH_CHECK(lh_comm_build(ctrl, &cfg, NULL, NULL, comm));
   if ((*comm)->sim && (*comm)->rank == 0)
     lh_log(LH_LOG_INFO, "transport", "simulated links: %s", (*comm)->sim->description);

@@ -166,5 +166,7 @@ lh_status lh_comm_agree(lh_comm comm, const long long *values, int count, const 
                         const char *fn);
 
 lh_status lh_mpi_error(int code, const char *what);
+/* Applies LH_BIND once per process (binding.c); warns, never fails. */
+void lh_apply_binding(MPI_Comm ctrl);
 
 #endif
