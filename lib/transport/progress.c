@@ -338,6 +338,12 @@ static int lh_request_data_done(const struct lh_request_s *r) {
          (r->kind == LH_REQ_SEND || r->chunks_allowed);
 }
 
+/* A request on a communicator that failed meanwhile can never complete: fail it too. */
+static void lh_fail_if_comm_broken(struct lh_request_s *r) {
+  if (r->status == LH_SUCCESS && r->comm->broken != LH_SUCCESS)
+    lh_request_fail(r, lh_error(r->comm->broken, "the communicator failed earlier: %s", r->comm->broken_reason));
+}
+
 /* Releases a finished request; returns its status. */
 static lh_status lh_request_finish(lh_request *request) {
   struct lh_request_s *r = *request;
@@ -370,6 +376,7 @@ lh_status lh_test(lh_request *request, int *done) {
   }
   struct lh_request_s *r = *request;
   lh_progress_all();
+  lh_fail_if_comm_broken(r);
   if (r->status != LH_SUCCESS || (lh_request_data_done(r) && lh_now() >= r->not_before)) {
     *done = 1;
     return lh_request_finish(request);
@@ -398,8 +405,7 @@ lh_status lh_wait(lh_request *request) {
   int idle = 0;
   for (;;) {
     lh_progress_all();
-    if (r->status == LH_SUCCESS && r->comm->broken != LH_SUCCESS)
-      lh_request_fail(r, lh_error(r->comm->broken, "the communicator failed earlier: %s", r->comm->broken_reason));
+    lh_fail_if_comm_broken(r);
     if (r->status != LH_SUCCESS)
       return lh_request_finish(request);
     double now = lh_now();
