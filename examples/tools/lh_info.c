@@ -110,8 +110,8 @@ static void lh_print_build(void) {
   if (LH_VERSION_CODE != major * 10000 + minor * 100 + patch)
     printf(" (lh-info was built against %s)", LH_VERSION_STRING);
   printf("\n");
-  lh_build_info b = LH_BUILD_INFO_INIT;
-  if (lh_get_build_info(&b) != LH_SUCCESS) {
+  lh_build_features b = LH_BUILD_FEATURES_INIT;
+  if (lh_build_info(&b) != LH_SUCCESS) {
     printf("build: unknown (%s)\n", lh_last_error());
     return;
   }

@@ -41,9 +41,9 @@ const char *lh_last_error(void);
 /* Run-time version, to compare with the LH_VERSION_* macros the caller compiled against. */
 lh_status lh_version(int *major, int *minor, int *patch);
 
-/* What this build of the library contains. Set .size before the call (LH_BUILD_INFO_INIT)
+/* What this build of the library contains. Set .size before the call (LH_BUILD_FEATURES_INIT)
  * so that a newer library can tell which fields an older caller knows about. */
-typedef struct lh_build_info {
+typedef struct lh_build_features {
   size_t size;
   int version_code;       /* LH_VERSION_CODE of the library */
   int has_mpi;            /* always 1: the mpi backend is always built */
@@ -52,13 +52,13 @@ typedef struct lh_build_info {
   int has_hwloc;          /* topology discovery and binding */
   int has_zstd;           /* the lossless stage */
   const char *backends;   /* e.g. "mpi nccl" */
-  const char *kernels;    /* CUDA kernels compiled in, e.g. "reduce_add_f32"; "" without CUDA */
-  const char *cuda_archs; /* e.g. "80;90"; "" without CUDA */
+  const char *kernels;    /* CUDA kernels compiled in, e.g. "reduce_add_f32 reduce_div_f32"; "" without CUDA */
+  const char *cuda_archs; /* e.g. "80,90"; "" without CUDA */
   const char *compiler;   /* C compiler and version */
-} lh_build_info;
-#define LH_BUILD_INFO_INIT {sizeof(lh_build_info), 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL}
+} lh_build_features;
+#define LH_BUILD_FEATURES_INIT {sizeof(lh_build_features), 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL}
 
-lh_status lh_get_build_info(lh_build_info *info);
+lh_status lh_build_info(lh_build_features *info);
 
 #ifdef __cplusplus
 }

@@ -4,13 +4,13 @@
 #define LH_CUDA_ARCHS ""
 #endif
 
-lh_status lh_get_build_info(lh_build_info *info) {
+lh_status lh_build_info(lh_build_features *info) {
   if (!info)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_get_build_info: info must not be NULL");
-  if (info->size < sizeof(lh_build_info))
+    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_build_info: info must not be NULL");
+  if (info->size < sizeof(lh_build_features))
     return lh_error(LH_ERR_INVALID_ARGUMENT,
-                    "lh_get_build_info: info->size is %zu, expected at least %zu (use LH_BUILD_INFO_INIT)",
-                    info->size, sizeof(lh_build_info));
+                    "lh_build_info: info->size is %zu, expected at least %zu (use LH_BUILD_FEATURES_INIT)",
+                    info->size, sizeof(lh_build_features));
   info->version_code = LH_VERSION_CODE;
   info->has_mpi = 1;
 #ifdef LH_HAVE_NCCL
@@ -22,7 +22,7 @@ lh_status lh_get_build_info(lh_build_info *info) {
 #endif
 #ifdef LH_HAVE_CUDA
   info->has_cuda = 1;
-  info->kernels = "reduce_add_f32";
+  info->kernels = "reduce_add_f32 reduce_div_f32";
   info->cuda_archs = LH_CUDA_ARCHS;
 #else
   info->has_cuda = 0;

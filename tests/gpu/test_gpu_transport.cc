@@ -87,8 +87,8 @@ long long FirstDifference(const std::vector<unsigned char> &a, const std::vector
 }
 
 bool HaveNccl() {
-  lh_build_info info = LH_BUILD_INFO_INIT;
-  return lh_get_build_info(&info) == LH_SUCCESS && info.has_nccl;
+  lh_build_features info = LH_BUILD_FEATURES_INIT;
+  return lh_build_info(&info) == LH_SUCCESS && info.has_nccl;
 }
 
 // ---- mpi backend: device buffers staged through pinned host memory -------------------------

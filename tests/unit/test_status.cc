@@ -48,16 +48,16 @@ TEST(Status, VersionMatchesTheHeader) {
 }
 
 TEST(Status, BuildInfoNamesTheBackends) {
-  lh_build_info info = LH_BUILD_INFO_INIT;
-  ASSERT_EQ(lh_get_build_info(&info), LH_SUCCESS);
+  lh_build_features info = LH_BUILD_FEATURES_INIT;
+  ASSERT_EQ(lh_build_info(&info), LH_SUCCESS);
   EXPECT_EQ(info.version_code, LH_VERSION_CODE);
   EXPECT_EQ(info.has_mpi, 1);
   ASSERT_NE(info.backends, nullptr);
   EXPECT_NE(std::strstr(info.backends, "mpi"), nullptr);
   EXPECT_EQ(info.has_nccl != 0, std::strstr(info.backends, "nccl") != nullptr);
   EXPECT_EQ(info.has_cuda != 0, std::strlen(info.kernels) > 0);
-  lh_build_info old = LH_BUILD_INFO_INIT;
+  lh_build_features old = LH_BUILD_FEATURES_INIT;
   old.size = 8;  // a caller compiled against a smaller struct than the library knows
-  EXPECT_EQ(lh_get_build_info(&old), LH_ERR_INVALID_ARGUMENT);
-  EXPECT_EQ(lh_get_build_info(nullptr), LH_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(lh_build_info(&old), LH_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(lh_build_info(nullptr), LH_ERR_INVALID_ARGUMENT);
 }

@@ -13,8 +13,8 @@
 namespace {
 
 bool BuiltWithHwloc() {
-  lh_build_info info = LH_BUILD_INFO_INIT;
-  EXPECT_EQ(lh_get_build_info(&info), LH_SUCCESS);
+  lh_build_features info = LH_BUILD_FEATURES_INIT;
+  EXPECT_EQ(lh_build_info(&info), LH_SUCCESS);
   return info.has_hwloc != 0;
 }
 

@@ -28,8 +28,8 @@ int main(void) {
     return 1;
   }
 
-  lh_build_info info = LH_BUILD_INFO_INIT;
-  CHECK(lh_get_build_info(&info));
+  lh_build_features info = LH_BUILD_FEATURES_INIT;
+  CHECK(lh_build_info(&info));
   printf("consumer: backends '%s', kernels '%s', cuda archs '%s', compiler '%s'\n", or_empty(info.backends),
          or_empty(info.kernels), or_empty(info.cuda_archs), or_empty(info.compiler));
   printf("consumer: mpi %d nccl %d cuda %d hwloc %d zstd %d\n", info.has_mpi, info.has_nccl, info.has_cuda,
