@@ -416,23 +416,25 @@ lh_status lh_comm_agree(lh_comm comm, const long long *values, int count, const 
     return lh_mpi_error(rc, "MPI_Iallreduce (argument check)");
   }
   double deadline = lh_now() + comm->timeout_s;
-  for (int done = 0, polls = 0; !done; polls++) {
+  for (int polls = 0;; lh_poll_pause(polls++)) {
+    int done = 0;
     rc = MPI_Test(&a->req, &done, MPI_STATUS_IGNORE);
-    if (rc != MPI_SUCCESS) {
-      free(a);
-      return lh_mpi_error(rc, "MPI_Test (argument check)");
-    }
-    if (!done && lh_now() > deadline) {
-      a->next = comm->stale_agreements;
-      comm->stale_agreements = a;
-      char reason[200];
-      snprintf(reason, sizeof reason, "%s: timed out after %g s (LH_TIMEOUT_S) waiting for every rank to join", fn,
-               comm->timeout_s);
-      lh_comm_break(comm, LH_ERR_TIMEOUT, reason); /* the pending collective desynchronises it */
-      return lh_error(LH_ERR_TIMEOUT, "%s", reason);
-    }
-    if (!done && polls > 64)
-      lh_sleep_until(lh_now() + 50e-6);
+    if (rc == MPI_SUCCESS && done)
+      break;
+    if (rc == MPI_SUCCESS && lh_now() <= deadline)
+      continue;
+    lh_status st = rc != MPI_SUCCESS
+                       ? lh_mpi_error(rc, "MPI_Test (argument check)")
+                       : lh_error(LH_ERR_TIMEOUT, "%s: timed out after %g s (LH_TIMEOUT_S) waiting for every rank to join",
+                                  fn, comm->timeout_s);
+    /* Either way the collective is still pending in MPI, which may write into the buffers
+     * later and leaves the communicator out of step: park the buffers and disable it. */
+    char reason[200];
+    snprintf(reason, sizeof reason, "%s", lh_last_error());
+    a->next = comm->stale_agreements;
+    comm->stale_agreements = a;
+    lh_comm_break(comm, st, reason);
+    return lh_error(st, "%s", reason);
   }
   lh_status st = LH_SUCCESS;
   for (int i = 0; i < count && st == LH_SUCCESS; i++) {

@@ -132,6 +132,19 @@ static lh_status lh_request_new(lh_comm comm, lh_req_kind kind, void *buf, size_
   return LH_SUCCESS;
 }
 
+/* Hands a posted request to the caller and starts moving it at once. A failure found here
+ * belongs to some request and is reported by its test or wait, with its own detail. Grouping
+ * backends are flushed only by test and wait, so that a send and a receive posted one after
+ * the other travel in one group (NCCL needs that for messages to self, and a ring step needs
+ * it to avoid deadlock). */
+static lh_status lh_request_start(lh_comm comm, struct lh_request_s *r, lh_request *request) {
+  lh_request_link(comm, r);
+  *request = r;
+  lh_comm_progress(comm, 0);
+  lh_error_clear();
+  return LH_SUCCESS;
+}
+
 lh_status lh_isend(lh_comm comm, const void *buf, size_t bytes, int peer, int tag, lh_request *request) {
   lh_error_clear();
   LH_CHECK(lh_validate_p2p(comm, buf, bytes, peer, tag, request, "lh_isend"));
@@ -154,15 +167,7 @@ lh_status lh_isend(lh_comm comm, const void *buf, size_t bytes, int peer, int ta
   }
   comm->bytes_sent[peer] += bytes;
   comm->messages_sent[peer]++;
-  lh_request_link(comm, r);
-  *request = r;
-  /* Start moving at once. A failure found here belongs to some request and is reported by
-   * its test or wait, with its own detail. Grouping backends are flushed only by test and
-   * wait, so that a send and a receive posted one after the other travel in one group (NCCL
-   * needs that for messages to self, and a ring step needs it to avoid deadlock). */
-  lh_comm_progress(comm, 0);
-  lh_error_clear();
-  return LH_SUCCESS;
+  return lh_request_start(comm, r, request);
 }
 
 lh_status lh_irecv(lh_comm comm, void *buf, size_t bytes, int peer, int tag, lh_request *request) {
@@ -176,15 +181,7 @@ lh_status lh_irecv(lh_comm comm, void *buf, size_t bytes, int peer, int tag, lh_
     lh_request_free(r);
     return lh_mpi_error(rc, "MPI_Irecv (message header)");
   }
-  lh_request_link(comm, r);
-  *request = r;
-  /* Start moving at once. A failure found here belongs to some request and is reported by
-   * its test or wait, with its own detail. Grouping backends are flushed only by test and
-   * wait, so that a send and a receive posted one after the other travel in one group (NCCL
-   * needs that for messages to self, and a ring step needs it to avoid deadlock). */
-  lh_comm_progress(comm, 0);
-  lh_error_clear();
-  return LH_SUCCESS;
+  return lh_request_start(comm, r, request);
 }
 
 /* Marks a request failed; failures that leave the channels out of step disable the comm. */
@@ -393,6 +390,17 @@ static void lh_describe_request(const struct lh_request_s *r, char *out, size_t 
            r->tag, r->completed, r->nchunks, phase);
 }
 
+void lh_poll_pause(int polls) {
+  /* MPI moves shared-memory data only inside its calls, so poll eagerly for a moment, then
+   * yield the core (ranks often outnumber cores), then sleep briefly. */
+  if (polls < 64)
+    return;
+  if (polls < 2048)
+    sched_yield();
+  else
+    lh_sleep_until(lh_now() + 50e-6);
+}
+
 lh_status lh_wait(lh_request *request) {
   lh_error_clear();
   if (!request)
@@ -428,14 +436,7 @@ lh_status lh_wait(lh_request *request) {
       *request = NULL;
       return lh_error(LH_ERR_TIMEOUT, "lh_wait: %s", reason);
     }
-    /* Polling: MPI moves shared-memory data only inside its calls, so poll eagerly for a
-     * moment, then yield the core (ranks often outnumber cores), then sleep briefly. */
-    if (++idle < 64)
-      continue;
-    if (idle < 2048)
-      sched_yield();
-    else
-      lh_sleep_until(lh_now() + 50e-6);
+    lh_poll_pause(idle++);
   }
 }
 

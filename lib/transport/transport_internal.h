@@ -154,6 +154,9 @@ void lh_request_abandon(struct lh_request_s *req);
 /* Host scratch of at least `bytes`, kept by the communicator between calls: allocating and
  * first-touching megabytes on every collective costs more than a fast link's transfer. */
 lh_status lh_comm_scratch(struct lh_comm_s *comm, size_t bytes, void **scratch);
+/* The pause between polls of something MPI must progress, by how many polls came before:
+ * none at first, then a yield, then 50 us sleeps. */
+void lh_poll_pause(int polls);
 /* Advances every live communicator: tests posted work, posts queued chunks. */
 lh_status lh_progress_all(void);
 /* Validates a communicator handle and that it is usable. */

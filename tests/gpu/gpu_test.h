@@ -2,6 +2,7 @@
 #ifndef LH_TESTS_GPU_TEST_H
 #define LH_TESTS_GPU_TEST_H
 
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 
@@ -24,5 +25,36 @@ inline int lh_gpu_device_count_or_skip() {
   }
   return count;
 }
+
+// A device allocation, freed on scope exit.
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
+    error_ = cudaMalloc(&ptr_, bytes ? bytes : 1);
+    if (error_ != cudaSuccess)
+      ptr_ = nullptr;
+  }
+  ~DeviceBuffer() {
+    if (ptr_)
+      cudaFree(ptr_);
+  }
+  DeviceBuffer(const DeviceBuffer &) = delete;
+  DeviceBuffer &operator=(const DeviceBuffer &) = delete;
+
+  cudaError_t error() const { return error_; }
+  void *get() const { return ptr_; }
+  float *floats() const { return static_cast<float *>(ptr_); }
+  cudaError_t Upload(const void *host) const {
+    return bytes_ ? cudaMemcpy(ptr_, host, bytes_, cudaMemcpyHostToDevice) : cudaSuccess;
+  }
+  cudaError_t Download(void *host) const {
+    return bytes_ ? cudaMemcpy(host, ptr_, bytes_, cudaMemcpyDeviceToHost) : cudaSuccess;
+  }
+
+ private:
+  size_t bytes_;
+  void *ptr_ = nullptr;
+  cudaError_t error_;
+};
 
 #endif

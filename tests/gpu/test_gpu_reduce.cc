@@ -21,9 +21,9 @@
 #include <vector>
 
 #include "kernels.h"
-extern "C" {  // an internal C header without C++ guards
 #include "collective/collective_internal.h"
-}
+
+#include "gpu/gpu_test.h"
 
 namespace {
 
@@ -120,39 +120,28 @@ std::string Hex(uint32_t u) {
 // A device copy of n floats with poisoned margins, freed on scope exit.
 class PaddedDeviceFloats {
  public:
-  explicit PaddedDeviceFloats(size_t n) : n_(n) {
-    error_ = cudaMalloc(reinterpret_cast<void **>(&base_), (kFront + n + kBack) * sizeof(float));
-    if (error_ != cudaSuccess)
-      base_ = nullptr;
-  }
-  ~PaddedDeviceFloats() {
-    if (base_)
-      cudaFree(base_);
-  }
-  PaddedDeviceFloats(const PaddedDeviceFloats &) = delete;
-  PaddedDeviceFloats &operator=(const PaddedDeviceFloats &) = delete;
+  explicit PaddedDeviceFloats(size_t n) : n_(n), buffer_((kFront + n + kBack) * sizeof(float)) {}
 
-  cudaError_t error() const { return error_; }
-  float *data() const { return base_ + kFront; }
+  cudaError_t error() const { return buffer_.error(); }
+  float *data() const { return buffer_.floats() + kFront; }
 
   // Writes values into [0, n) and the poison everywhere else.
   cudaError_t Upload(const std::vector<float> &values) const {
     std::vector<uint32_t> image(kFront + n_ + kBack, kPoison);
     if (n_)
       std::memcpy(image.data() + kFront, values.data(), n_ * sizeof(float));
-    return cudaMemcpy(base_, image.data(), image.size() * sizeof(uint32_t), cudaMemcpyHostToDevice);
+    return buffer_.Upload(image.data());
   }
 
   // Reads back everything, margins included.
   cudaError_t Download(std::vector<uint32_t> *image) const {
     image->assign(kFront + n_ + kBack, 0);
-    return cudaMemcpy(image->data(), base_, image->size() * sizeof(uint32_t), cudaMemcpyDeviceToHost);
+    return buffer_.Download(image->data());
   }
 
  private:
   size_t n_;
-  float *base_ = nullptr;
-  cudaError_t error_;
+  DeviceBuffer buffer_;
 };
 
 // Compares a downloaded image with the CPU's result: margins untouched, [0, n) equal.

@@ -19,6 +19,8 @@
 
 #include "mpi/mpi_test.h"
 
+#include "gpu/gpu_test.h"
+
 namespace {
 
 #define ASSERT_CUDA(expr)                                                              \
@@ -26,37 +28,6 @@ namespace {
     cudaError_t cuda_e_ = (expr);                                                      \
     ASSERT_EQ(cuda_e_, cudaSuccess) << #expr << ": " << cudaGetErrorString(cuda_e_);   \
   } while (0)
-
-// A device allocation, freed on scope exit.
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
-    error_ = cudaMalloc(&ptr_, bytes ? bytes : 1);
-    if (error_ != cudaSuccess)
-      ptr_ = nullptr;
-  }
-  ~DeviceBuffer() {
-    if (ptr_)
-      cudaFree(ptr_);
-  }
-  DeviceBuffer(const DeviceBuffer &) = delete;
-  DeviceBuffer &operator=(const DeviceBuffer &) = delete;
-
-  cudaError_t error() const { return error_; }
-  void *get() const { return ptr_; }
-  float *floats() const { return static_cast<float *>(ptr_); }
-  cudaError_t Upload(const void *host) const {
-    return bytes_ ? cudaMemcpy(ptr_, host, bytes_, cudaMemcpyHostToDevice) : cudaSuccess;
-  }
-  cudaError_t Download(void *host) const {
-    return bytes_ ? cudaMemcpy(host, ptr_, bytes_, cudaMemcpyDeviceToHost) : cudaSuccess;
-  }
-
- private:
-  size_t bytes_;
-  void *ptr_ = nullptr;
-  cudaError_t error_;
-};
 
 // Destroys the communicator on scope exit, also when an ASSERT returned early.
 struct CommGuard {
