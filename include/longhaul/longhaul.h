@@ -10,6 +10,7 @@
 #include <longhaul/links.h>
 #include <longhaul/transport.h>
 #include <longhaul/allreduce.h>
+#include <longhaul/compress.h>
 #include <longhaul/probe.h>
 #include <longhaul/topo.h>
 
