@@ -33,6 +33,9 @@ typedef struct lh_codec_perf_row {
 } lh_codec_perf_row;
 
 void lh_codec_perf_header(void);
+/* The input of every row: gradient-like, Gaussian (Box-Muller over a fixed LCG) with every
+ * 9973rd element times 20, the same on every run and device. */
+void lh_codec_perf_fill_input(float *x, size_t n);
 void lh_codec_perf_print(const lh_codec_perf_row *row);
 
 /* The GPU part: runs every kernel at each size in sizes[0..nsizes) (fp32 bytes), `iters`

@@ -28,22 +28,6 @@
 
 namespace {
 
-// The CPU part's input (codec_perf.c): Gaussian from a fixed LCG, every 9973rd element x20.
-void fill_input(float *x, size_t n) {
-  uint64_t s = 0x9E3779B97F4A7C15ull;
-  for (size_t i = 0; i < n; i += 2) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    double u1 = ((double)(s >> 11) + 1.0) * 0x1p-53;
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    double u2 = (double)(s >> 11) * 0x1p-53;
-    double r = std::sqrt(-2.0 * std::log(u1));
-    x[i] = (float)(r * std::cos(6.283185307179586 * u2));
-    if (i + 1 < n)
-      x[i + 1] = (float)(r * std::sin(6.283185307179586 * u2));
-  }
-  for (size_t i = 0; i < n; i += 9973)
-    x[i] *= 20.0f;
-}
 
 bool same_bits(float a, float b) {
   uint32_t u, v;
@@ -417,7 +401,7 @@ extern "C" long lh_codec_perf_gpu(const size_t *sizes, int nsizes, int iters, co
   b.iters = iters > 0 ? iters : 1;
   b.device = prop.name;
   b.x.resize(max_n);
-  fill_input(b.x.data(), max_n);
+  lh_codec_perf_fill_input(b.x.data(), max_n);
   // Device buffers: x, the residual, the decoded output, PowerSGD's Q, and the payload (at most
   // 4 bytes per element plus the scales; 4n + 64 covers every row).
   const size_t pay_cap = 4 * max_n + 4 * (max_n / 8 + 16) + 64;

@@ -292,36 +292,40 @@ int blas_failure() {
 
 }  // namespace
 
+namespace {
+
+// C = A * op(B) on cuBLAS's column-major view of our row-major arrays, on `stream`, with
+// the handle's settings restored afterwards.
+int sgemm_on_stream(void *cublas_handle, void *stream, cublasOperation_t op_b, int mm, int nn, int kk,
+                    const float *a, int lda, const float *b, int ldb, float *c, int ldc) {
+  HandleScope scope((cublasHandle_t)cublas_handle, (cudaStream_t)stream);
+  if (!scope.ok())
+    return blas_failure();
+  const float one = 1.0f, zero = 0.0f;
+  if (cublasSgemm((cublasHandle_t)cublas_handle, CUBLAS_OP_N, op_b, mm, nn, kk, &one, a, lda, b, ldb, &zero, c,
+                  ldc) != CUBLAS_STATUS_SUCCESS)
+    return blas_failure();
+  return (int)cudaGetLastError();
+}
+
+}  // namespace
+
 extern "C" int lh_cuda_powersgd_compute_p(const lh_powersgd_params *p, const float *m, const float *q, float *pm,
                                           void *cublas_handle, void *stream) {
   if (!params_ok(p) || !m || !q || !pm || !cublas_handle)
     return (int)cudaErrorInvalidValue;
-  HandleScope scope((cublasHandle_t)cublas_handle, (cudaStream_t)stream);
-  if (!scope.ok())
-    return blas_failure();
   const int rows = (int)p->rows, cols = (int)p->cols, r = p->rank;
-  const float one = 1.0f, zero = 0.0f;
   // P^T (r x rows, ld r) = Q^T (r x cols, ld r) * M^T (cols x rows, ld cols)
-  if (cublasSgemm((cublasHandle_t)cublas_handle, CUBLAS_OP_N, CUBLAS_OP_N, r, rows, cols, &one, q, r, m, cols, &zero,
-                  pm, r) != CUBLAS_STATUS_SUCCESS)
-    return blas_failure();
-  return (int)cudaGetLastError();
+  return sgemm_on_stream(cublas_handle, stream, CUBLAS_OP_N, r, rows, cols, q, r, m, cols, pm, r);
 }
 
 extern "C" int lh_cuda_powersgd_compute_q(const lh_powersgd_params *p, const float *m, const float *pm, float *q,
                                           void *cublas_handle, void *stream) {
   if (!params_ok(p) || !m || !q || !pm || !cublas_handle)
     return (int)cudaErrorInvalidValue;
-  HandleScope scope((cublasHandle_t)cublas_handle, (cudaStream_t)stream);
-  if (!scope.ok())
-    return blas_failure();
   const int rows = (int)p->rows, cols = (int)p->cols, r = p->rank;
-  const float one = 1.0f, zero = 0.0f;
   // Q^T (r x cols, ld r) = P^T (r x rows, ld r) * M (rows x cols: the stored cols x rows, ld cols, transposed)
-  if (cublasSgemm((cublasHandle_t)cublas_handle, CUBLAS_OP_N, CUBLAS_OP_T, r, cols, rows, &one, pm, r, m, cols, &zero,
-                  q, r) != CUBLAS_STATUS_SUCCESS)
-    return blas_failure();
-  return (int)cudaGetLastError();
+  return sgemm_on_stream(cublas_handle, stream, CUBLAS_OP_T, r, cols, rows, pm, r, m, cols, q, r);
 }
 
 extern "C" int lh_cuda_powersgd_orthonormalize(const lh_powersgd_params *p, float *pm, void *cublas_handle,

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <iterator>
 #include <random>
 #include <string>
@@ -327,62 +328,90 @@ std::string BlockqName(const lh_blockq_params &p) {
          (p.stochastic ? " sr" : " rtn");
 }
 
-// One configuration at one size and input kind: encode, encode_ef (x separate from e, and x
-// aliasing e), decode and decode-accumulate, each against the CPU twin.
-void CheckBlockq(const lh_blockq_params &p, size_t n, Inputs kind, size_t variant, std::mt19937 &rng) {
-  SCOPED_TRACE(BlockqName(p) + ", n = " + std::to_string(n) + ", inputs: " + InputsName(kind) + ", variant " +
+// A codec under test: its CPU twin and its kernels as closures over their parameters (and key).
+struct Twins {
+  size_t bytes;  // payload bytes for the n under test
+  std::function<lh_status(const float *x, size_t n, uint8_t *out)> encode;
+  std::function<lh_status(const float *x, float *e, size_t n, uint8_t *out)> encode_ef;
+  std::function<lh_status(const uint8_t *in, size_t n, float *out, int accumulate)> decode;
+  std::function<int(const float *x, size_t n, uint8_t *out)> cuda_encode;
+  std::function<int(const float *x, float *e, size_t n, uint8_t *out)> cuda_encode_ef;
+  std::function<int(const uint8_t *in, size_t n, float *out, int accumulate)> cuda_decode;
+};
+
+// One configuration at one size and input kind: encode (x is only read), encode_ef (x separate
+// from e, and x aliasing e), decode and decode-accumulate, each GPU against the CPU twin, bit
+// for bit, with outputs poisoned beforehand and odd payload and float offsets on some variants.
+void CheckTwins(const Twins &t, const std::string &what, size_t n, Inputs kind, size_t variant, std::mt19937 &rng) {
+  SCOPED_TRACE(what + ", n = " + std::to_string(n) + ", inputs: " + InputsName(kind) + ", variant " +
                std::to_string(variant));
-  const lh_rng_key key = {0x0123456789ABCDEFull + variant, 0xFEDC000000000000ull | (variant * 977), (uint32_t)variant};
-  const size_t bytes = lh_blockq_payload_bytes(&p, n);
+  const size_t bytes = t.bytes;
   const size_t payload_offset = variant % 3;  // 0, 1, 2: aligned and odd payload starts
   const size_t float_offset = variant & 1;
   const std::vector<float> x = MakeInputs(kind, n, rng);
   const std::vector<float> e0 = SmallResidual(n, rng);
 
-  // encode
   std::vector<uint8_t> cpu(bytes, kCpuPoison);
-  ASSERT_LH(lh_blockq_encode(&p, &key, x.data(), n, cpu.data()));
+  ASSERT_LH(t.encode(x.data(), n, cpu.data()));
   DeviceFloats dx(x, float_offset);
   ASSERT_CUDA(dx.error);
   Region out(bytes, payload_offset);
   ASSERT_CUDA(out.error());
   ASSERT_CUDA(out.Fill(nullptr));
-  ASSERT_LAUNCH(lh_cuda_blockq_encode(&p, &key, dx.region.floats(), n, out.data(), nullptr));
+  ASSERT_LAUNCH(t.cuda_encode(dx.region.floats(), n, out.data()));
   std::vector<uint8_t> got;
   ASSERT_TRUE(out.Read(&got));
   ASSERT_TRUE(SameBytes(cpu, got, "encode payload"));
+  ASSERT_TRUE(dx.region.Read(&got));
+  ASSERT_TRUE(SameFloats(x, got, "x after encode"));
 
-  // encode_ef; on odd variants x aliases e (e = e + e).
-  const bool alias = variant % 4 == 3;
+  const bool alias = variant % 4 == 3;  // x aliases e: e = e + e
   std::vector<float> e_cpu = alias ? x : e0;
   std::vector<uint8_t> cpu_ef(bytes, kCpuPoison);
-  ASSERT_LH(lh_blockq_encode_ef(&p, &key, alias ? e_cpu.data() : x.data(), e_cpu.data(), n, cpu_ef.data()));
+  ASSERT_LH(t.encode_ef(alias ? e_cpu.data() : x.data(), e_cpu.data(), n, cpu_ef.data()));
   DeviceFloats de(alias ? x : e0, float_offset);
   ASSERT_CUDA(de.error);
   ASSERT_CUDA(out.Fill(nullptr));
-  ASSERT_LAUNCH(lh_cuda_blockq_encode_ef(&p, &key, alias ? de.region.floats() : dx.region.floats(),
-                                         de.region.floats(), n, out.data(), nullptr));
+  ASSERT_LAUNCH(t.cuda_encode_ef(alias ? de.region.floats() : dx.region.floats(), de.region.floats(), n, out.data()));
   ASSERT_TRUE(out.Read(&got));
   ASSERT_TRUE(SameBytes(cpu_ef, got, "encode_ef payload"));
   ASSERT_TRUE(de.region.Read(&got));
   ASSERT_TRUE(SameFloats(e_cpu, got, "encode_ef residual"));
 
-  // decode the CPU's payload, plain and accumulating.
+  // Decode the CPU's payload, plain and accumulating.
   Region in(bytes, payload_offset);
   ASSERT_CUDA(in.error());
   ASSERT_CUDA(in.Fill(bytes ? cpu.data() : nullptr));
   const std::vector<float> acc0 = MakeInputs(Inputs::kGauss, n, rng);
   for (int accumulate = 0; accumulate < 2; accumulate++) {
     std::vector<float> dec = acc0;
-    ASSERT_LH(lh_blockq_decode(&p, cpu.data(), n, dec.data(), accumulate));
+    ASSERT_LH(t.decode(cpu.data(), n, dec.data(), accumulate));
     DeviceFloats dout(acc0, float_offset);
     ASSERT_CUDA(dout.error);
     if (!accumulate)
       ASSERT_CUDA(dout.region.Fill(nullptr));
-    ASSERT_LAUNCH(lh_cuda_blockq_decode(&p, in.data(), n, dout.region.floats(), accumulate, nullptr));
+    ASSERT_LAUNCH(t.cuda_decode(in.data(), n, dout.region.floats(), accumulate));
     ASSERT_TRUE(dout.region.Read(&got));
     ASSERT_TRUE(SameFloats(dec, got, accumulate ? "decode (accumulate)" : "decode"));
   }
+}
+
+void CheckBlockq(const lh_blockq_params &p, size_t n, Inputs kind, size_t variant, std::mt19937 &rng) {
+  const lh_rng_key key = {0x0123456789ABCDEFull + variant, 0xFEDC000000000000ull | (variant * 977), (uint32_t)variant};
+  const lh_blockq_params *pp = &p;
+  const lh_rng_key *k = &key;
+  Twins t = {
+      lh_blockq_payload_bytes(pp, n),
+      [=](const float *x, size_t m, uint8_t *o) { return lh_blockq_encode(pp, k, x, m, o); },
+      [=](const float *x, float *e, size_t m, uint8_t *o) { return lh_blockq_encode_ef(pp, k, x, e, m, o); },
+      [=](const uint8_t *in, size_t m, float *o, int acc) { return lh_blockq_decode(pp, in, m, o, acc); },
+      [=](const float *x, size_t m, uint8_t *o) { return lh_cuda_blockq_encode(pp, k, x, m, o, nullptr); },
+      [=](const float *x, float *e, size_t m, uint8_t *o) {
+        return lh_cuda_blockq_encode_ef(pp, k, x, e, m, o, nullptr);
+      },
+      [=](const uint8_t *in, size_t m, float *o, int acc) { return lh_cuda_blockq_decode(pp, in, m, o, acc, nullptr); },
+  };
+  CheckTwins(t, BlockqName(p), n, kind, variant, rng);
 }
 
 TEST(GpuCodecs, BlockqMatchesCpuBitwise) {
@@ -404,56 +433,46 @@ TEST(GpuCodecs, BlockqMatchesCpuBitwise) {
 
 const int kSignBlocks[] = {32, 128, 256, 1000, 8, 7, 100, 2048, 4100};
 
-void CheckSign(const lh_sign_params &p, size_t n, Inputs kind, size_t variant, std::mt19937 &rng) {
-  SCOPED_TRACE("sign B" + std::to_string(p.block) + (p.scale_fp16 ? " fp16" : " fp32") + ", n = " + std::to_string(n) +
-               ", inputs: " + InputsName(kind) + ", variant " + std::to_string(variant));
-  const size_t bytes = lh_sign_payload_bytes(&p, n);
-  const size_t payload_offset = variant % 3;
-  const size_t float_offset = variant & 1;
-  const std::vector<float> x = MakeInputs(kind, n, rng);
-  const std::vector<float> e0 = SmallResidual(n, rng);
+// Sign and top-k share a shape: no key, a payload, an error-feedback residual, a decode.
+template <typename P>
+struct KeylessCodec {
+  const char *name;
+  size_t (*payload_bytes)(const P *, size_t);
+  lh_status (*encode)(const P *, const float *, size_t, uint8_t *);
+  lh_status (*encode_ef)(const P *, const float *, float *, size_t, uint8_t *);
+  lh_status (*decode)(const P *, const uint8_t *, size_t, float *, int);
+  int (*cuda_encode)(const P *, const float *, size_t, uint8_t *, void *);
+  int (*cuda_encode_ef)(const P *, const float *, float *, size_t, uint8_t *, void *);
+  int (*cuda_decode)(const P *, const uint8_t *, size_t, float *, int, void *);
+};
 
-  std::vector<uint8_t> cpu(bytes, kCpuPoison);
-  ASSERT_LH(lh_sign_encode(&p, x.data(), n, cpu.data()));
-  DeviceFloats dx(x, float_offset);
-  ASSERT_CUDA(dx.error);
-  Region out(bytes, payload_offset);
-  ASSERT_CUDA(out.error());
-  ASSERT_CUDA(out.Fill(nullptr));
-  ASSERT_LAUNCH(lh_cuda_sign_encode(&p, dx.region.floats(), n, out.data(), nullptr));
-  std::vector<uint8_t> got;
-  ASSERT_TRUE(out.Read(&got));
-  ASSERT_TRUE(SameBytes(cpu, got, "encode payload"));
+const KeylessCodec<lh_sign_params> kSign = {"sign", lh_sign_payload_bytes, lh_sign_encode, lh_sign_encode_ef,
+                                            lh_sign_decode, lh_cuda_sign_encode, lh_cuda_sign_encode_ef,
+                                            lh_cuda_sign_decode};
+const KeylessCodec<lh_topk_params> kTopk = {"topk", lh_topk_payload_bytes, lh_topk_encode, lh_topk_encode_ef,
+                                            lh_topk_decode, lh_cuda_topk_encode, lh_cuda_topk_encode_ef,
+                                            lh_cuda_topk_decode};
 
-  const bool alias = variant % 4 == 3;
-  std::vector<float> e_cpu = alias ? x : e0;
-  std::vector<uint8_t> cpu_ef(bytes, kCpuPoison);
-  ASSERT_LH(lh_sign_encode_ef(&p, alias ? e_cpu.data() : x.data(), e_cpu.data(), n, cpu_ef.data()));
-  DeviceFloats de(alias ? x : e0, float_offset);
-  ASSERT_CUDA(de.error);
-  ASSERT_CUDA(out.Fill(nullptr));
-  ASSERT_LAUNCH(lh_cuda_sign_encode_ef(&p, alias ? de.region.floats() : dx.region.floats(), de.region.floats(), n,
-                                       out.data(), nullptr));
-  ASSERT_TRUE(out.Read(&got));
-  ASSERT_TRUE(SameBytes(cpu_ef, got, "encode_ef payload"));
-  ASSERT_TRUE(de.region.Read(&got));
-  ASSERT_TRUE(SameFloats(e_cpu, got, "encode_ef residual"));
+std::string Describe(const lh_sign_params &p) {
+  return "sign B" + std::to_string(p.block) + (p.scale_fp16 ? " fp16" : " fp32");
+}
+std::string Describe(const lh_topk_params &p) {
+  return "topk chunk " + std::to_string(p.chunk) + " k " + std::to_string(p.k) + (p.sampled ? " sampled" : " exact");
+}
 
-  Region in(bytes, payload_offset);
-  ASSERT_CUDA(in.error());
-  ASSERT_CUDA(in.Fill(bytes ? cpu.data() : nullptr));
-  const std::vector<float> acc0 = MakeInputs(Inputs::kGauss, n, rng);
-  for (int accumulate = 0; accumulate < 2; accumulate++) {
-    std::vector<float> dec = acc0;
-    ASSERT_LH(lh_sign_decode(&p, cpu.data(), n, dec.data(), accumulate));
-    DeviceFloats dout(acc0, float_offset);
-    ASSERT_CUDA(dout.error);
-    if (!accumulate)
-      ASSERT_CUDA(dout.region.Fill(nullptr));
-    ASSERT_LAUNCH(lh_cuda_sign_decode(&p, in.data(), n, dout.region.floats(), accumulate, nullptr));
-    ASSERT_TRUE(dout.region.Read(&got));
-    ASSERT_TRUE(SameFloats(dec, got, accumulate ? "decode (accumulate)" : "decode"));
-  }
+template <typename P>
+void CheckKeyless(const KeylessCodec<P> &c, const P &p, size_t n, Inputs kind, size_t variant, std::mt19937 &rng) {
+  const P *pp = &p;
+  Twins t = {
+      c.payload_bytes(pp, n),
+      [=](const float *x, size_t m, uint8_t *o) { return c.encode(pp, x, m, o); },
+      [=](const float *x, float *e, size_t m, uint8_t *o) { return c.encode_ef(pp, x, e, m, o); },
+      [=](const uint8_t *in, size_t m, float *o, int acc) { return c.decode(pp, in, m, o, acc); },
+      [=](const float *x, size_t m, uint8_t *o) { return c.cuda_encode(pp, x, m, o, nullptr); },
+      [=](const float *x, float *e, size_t m, uint8_t *o) { return c.cuda_encode_ef(pp, x, e, m, o, nullptr); },
+      [=](const uint8_t *in, size_t m, float *o, int acc) { return c.cuda_decode(pp, in, m, o, acc, nullptr); },
+  };
+  CheckTwins(t, Describe(p), n, kind, variant, rng);
 }
 
 TEST(GpuCodecs, SignMatchesCpuBitwise) {
@@ -464,68 +483,12 @@ TEST(GpuCodecs, SignMatchesCpuBitwise) {
       const lh_sign_params p = {block, fp16};
       for (size_t n : kSizes)
         for (Inputs kind : KindsFor(n, config)) {
-          ASSERT_NO_FATAL_FAILURE(CheckSign(p, n, kind, config + n, rng));
+          ASSERT_NO_FATAL_FAILURE(CheckKeyless(kSign, p, n, kind, config + n, rng));
         }
     }
 }
 
 // ---- top-k -------------------------------------------------------------------------------------------
-
-void CheckTopk(const lh_topk_params &p, size_t n, Inputs kind, size_t variant, std::mt19937 &rng) {
-  SCOPED_TRACE("topk chunk " + std::to_string(p.chunk) + " k " + std::to_string(p.k) +
-               (p.sampled ? " sampled" : " exact") + ", n = " + std::to_string(n) + ", inputs: " + InputsName(kind) +
-               ", variant " + std::to_string(variant));
-  const size_t bytes = lh_topk_payload_bytes(&p, n);
-  const size_t payload_offset = variant % 3;
-  const size_t float_offset = variant & 1;
-  const std::vector<float> x = MakeInputs(kind, n, rng);
-  const std::vector<float> e0 = SmallResidual(n, rng);
-
-  std::vector<uint8_t> cpu(bytes, kCpuPoison);
-  ASSERT_LH(lh_topk_encode(&p, x.data(), n, cpu.data()));
-  DeviceFloats dx(x, float_offset);
-  ASSERT_CUDA(dx.error);
-  Region out(bytes, payload_offset);
-  ASSERT_CUDA(out.error());
-  ASSERT_CUDA(out.Fill(nullptr));
-  ASSERT_LAUNCH(lh_cuda_topk_encode(&p, dx.region.floats(), n, out.data(), nullptr));
-  std::vector<uint8_t> got;
-  ASSERT_TRUE(out.Read(&got));
-  ASSERT_TRUE(SameBytes(cpu, got, "encode payload"));
-  // x is only read.
-  ASSERT_TRUE(dx.region.Read(&got));
-  ASSERT_TRUE(SameFloats(x, got, "x after encode"));
-
-  const bool alias = variant % 4 == 3;
-  std::vector<float> e_cpu = alias ? x : e0;
-  std::vector<uint8_t> cpu_ef(bytes, kCpuPoison);
-  ASSERT_LH(lh_topk_encode_ef(&p, alias ? e_cpu.data() : x.data(), e_cpu.data(), n, cpu_ef.data()));
-  DeviceFloats de(alias ? x : e0, float_offset);
-  ASSERT_CUDA(de.error);
-  ASSERT_CUDA(out.Fill(nullptr));
-  ASSERT_LAUNCH(lh_cuda_topk_encode_ef(&p, alias ? de.region.floats() : dx.region.floats(), de.region.floats(), n,
-                                       out.data(), nullptr));
-  ASSERT_TRUE(out.Read(&got));
-  ASSERT_TRUE(SameBytes(cpu_ef, got, "encode_ef payload"));
-  ASSERT_TRUE(de.region.Read(&got));
-  ASSERT_TRUE(SameFloats(e_cpu, got, "encode_ef residual"));
-
-  Region in(bytes, payload_offset);
-  ASSERT_CUDA(in.error());
-  ASSERT_CUDA(in.Fill(bytes ? cpu.data() : nullptr));
-  const std::vector<float> acc0 = MakeInputs(Inputs::kGauss, n, rng);
-  for (int accumulate = 0; accumulate < 2; accumulate++) {
-    std::vector<float> dec = acc0;
-    ASSERT_LH(lh_topk_decode(&p, cpu.data(), n, dec.data(), accumulate));
-    DeviceFloats dout(acc0, float_offset);
-    ASSERT_CUDA(dout.error);
-    if (!accumulate)
-      ASSERT_CUDA(dout.region.Fill(nullptr));
-    ASSERT_LAUNCH(lh_cuda_topk_decode(&p, in.data(), n, dout.region.floats(), accumulate, nullptr));
-    ASSERT_TRUE(dout.region.Read(&got));
-    ASSERT_TRUE(SameFloats(dec, got, accumulate ? "decode (accumulate)" : "decode"));
-  }
-}
 
 TEST(GpuCodecs, TopkMatchesCpuBitwise) {
   std::mt19937 rng(404);
@@ -542,7 +505,7 @@ TEST(GpuCodecs, TopkMatchesCpuBitwise) {
         if (chunk == 1 && n > kLargeFrom)
           continue;
         for (Inputs kind : KindsFor(n, config)) {
-          ASSERT_NO_FATAL_FAILURE(CheckTopk(p, n, kind, config + n, rng));
+          ASSERT_NO_FATAL_FAILURE(CheckKeyless(kTopk, p, n, kind, config + n, rng));
         }
       }
       config++;
@@ -558,7 +521,7 @@ TEST(GpuCodecs, TopkSampledMatchesCpuBitwise) {
   for (const lh_topk_params &p : params) {
     for (size_t n : {size_t{1000}, size_t{4097}, size_t{100003}, size_t{1} << 20})
       for (Inputs kind : KindsFor(n, config)) {
-        ASSERT_NO_FATAL_FAILURE(CheckTopk(p, n, kind, config + n, rng));
+        ASSERT_NO_FATAL_FAILURE(CheckKeyless(kTopk, p, n, kind, config + n, rng));
       }
     config++;
   }

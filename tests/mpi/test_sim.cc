@@ -15,6 +15,12 @@
 
 namespace {
 
+// Lower bounds on arrival times are exact: nothing may arrive before its link allows. Upper
+// bounds allow this much host scheduling on top of the model (a loaded or sanitized 2-core
+// host runs four ranks): loose enough not to flake under load, tight enough that the ping-pong
+// still catches its 20 ms latency charged twice.
+constexpr double kSchedulingSlack = 0.010;
+
 double now() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -60,7 +66,7 @@ TEST(Sim, PingPongRecoversAlphaAndBeta) {
     if (me == 1) {
       double model = alpha + (bytes / 8 + 1) * 8 / beta;
       EXPECT_GE(t, model * 0.999) << "arrived before the link allows, bytes=" << bytes;
-      EXPECT_LE(t, model * 1.05 + 0.002) << "bytes=" << bytes;
+      EXPECT_LE(t, model + kSchedulingSlack) << "bytes=" << bytes;
     }
   }
   lh_comm_destroy(c);
@@ -90,7 +96,7 @@ TEST(Sim, BackToBackMessagesQueueOnTheLink) {
     EXPECT_GE(first, 0.010 + bytes / 25e6 * 0.999);
     EXPECT_GE(second, 0.010 + 2 * bytes / 25e6 * 0.999);
     // Upper bound generous for an oversubscribed machine; the lower bounds are the model.
-    EXPECT_LE(second, (0.010 + 2 * bytes / 25e6) * 1.10 + 0.010);
+    EXPECT_LE(second, (0.010 + 2 * bytes / 25e6) * 1.10 + kSchedulingSlack);
   }
   lh_comm_destroy(c);
 }
@@ -133,7 +139,7 @@ TEST(Sim, LinkFileGivesEachPairItsOwnLink) {
       if (me == j) {
         double model = 0.002 * (1 + i + 2 * j) + (bytes / 8 + 1) * 8 / (1e6 * (1 + j + 3 * i));
         EXPECT_GE(t, model * 0.999) << i << "->" << j;
-        EXPECT_LE(t, model * 1.05 + 0.002) << i << "->" << j;
+        EXPECT_LE(t, model + kSchedulingSlack) << i << "->" << j;
       }
     }
   lh_link_stats s = LH_LINK_STATS_INIT;
@@ -201,7 +207,7 @@ TEST(Sim, SplitCommunicatorsKeepTheParentsLinks) {
     double t = one_way(ends, 0, 1, 8);
     if (me == 0) {
       EXPECT_GE(t, 0.030);
-      EXPECT_LE(t, 0.036);
+      EXPECT_LE(t, 0.030 + kSchedulingSlack);
     }
     lh_links *view = nullptr;
     ASSERT_EQ(lh_comm_links(ends, &view), LH_SUCCESS);
