@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "codec_inputs.h"
+
 namespace {
 
 struct Codec {
@@ -35,15 +37,6 @@ struct Codec {
   }
   lh_codec *c = nullptr;
 };
-
-std::vector<float> Gaussian(size_t n, unsigned seed, float sigma = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, sigma);
-  std::vector<float> x(n);
-  for (auto &v : x)
-    v = d(rng);
-  return x;
-}
 
 double Norm(const std::vector<float> &x) {
   double s = 0;

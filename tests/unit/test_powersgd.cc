@@ -12,18 +12,11 @@
 
 #include "compress/payload.h"
 
+#include "codec_inputs.h"
+
 namespace {
 
 using Matrix = std::vector<float>; // row-major
-
-Matrix Gaussian(size_t count, uint32_t seed, float sd = 1.0f) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, sd);
-  Matrix m(count);
-  for (auto &v : m)
-    v = dist(gen);
-  return m;
-}
 
 // a (rows x r) times b (cols x r) transposed, in double, rounded once.
 Matrix Product(const Matrix &a, const Matrix &b, size_t rows, size_t cols, size_t r) {

@@ -16,12 +16,11 @@
 #include <vector>
 
 #include "compress/payload.h"
+// lh_qz_rng_words: the SIMD Philox paths are tested directly, because a counter wrap needs an
+// element index near 2^34.
+#include "compress/quant_internal.h"
 
-extern "C" {
-// Internal to the quantizers (blockq.c): the SIMD Philox paths are tested directly here
-// because a counter wrap needs an element index near 2^34.
-void lh_qz_rng_words(const lh_rng_key *key, uint64_t first, size_t n, uint32_t *words);
-}
+#include "codec_inputs.h"
 
 namespace {
 
@@ -30,15 +29,6 @@ const size_t kGuard = 16;
 const size_t kSizes[] = {0, 1, 7, 127, 128, 129, 1000};
 
 float poison_float() { return lh_bits_f32(0x7FA5A5A5u); } // a NaN no decoder produces
-
-std::vector<float> gaussian(size_t n, uint32_t seed, float sigma = 1.0f) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, sigma);
-  std::vector<float> v(n);
-  for (auto &x : v)
-    x = dist(gen);
-  return v;
-}
 
 bool same_bits(float a, float b) { return lh_f32_bits(a) == lh_f32_bits(b); }
 
@@ -195,7 +185,7 @@ std::vector<float> local_scales(const lh_sharedq_params &p, const std::vector<fl
 
 // Element values that make every size test exercise signs, zeros and a block maximum.
 std::vector<float> test_input(size_t n, uint32_t seed) {
-  std::vector<float> x = gaussian(n, seed);
+  std::vector<float> x = Gaussian(n, seed);
   for (size_t i = 0; i < n; i += 37)
     x[i] = 0.0f;
   return x;
@@ -316,7 +306,7 @@ TEST(Cast, BackToF32ExhaustiveAndAccumulate) {
 
 TEST(Cast, SizesWriteExactlyTheirElements) {
   for (size_t n : kSizes) {
-    std::vector<float> x = gaussian(n, 7);
+    std::vector<float> x = Gaussian(n, 7);
     std::vector<uint16_t> h(n + kGuard, 0xA5A5), b(n + kGuard, 0xA5A5);
     lh_cast_f32_to_f16(x.data(), h.data(), n);
     lh_cast_f32_to_bf16(x.data(), b.data(), n);
@@ -433,7 +423,7 @@ TEST(Blockq, BlocksSpanningTilesMatchReference) {
         std::vector<uint8_t> out(lh_blockq_payload_bytes(&p, n));
         ASSERT_EQ(lh_blockq_encode(&p, &kKey, x.data(), n, out.data()), LH_SUCCESS);
         ASSERT_EQ(out, ref_blockq(p, kKey, x));
-        std::vector<float> y(n), e = gaussian(n, 78, 0.01f), e0 = e, sum(n);
+        std::vector<float> y(n), e = Gaussian(n, 78, 0.01f), e0 = e, sum(n);
         ASSERT_EQ(lh_blockq_decode(&p, out.data(), n, y.data(), 0), LH_SUCCESS);
         for (size_t i = 0; i < n; i++) {
           int m = lh_quant_max_code(bits);
@@ -502,7 +492,7 @@ TEST(Blockq, ErrorFeedbackInvariant) {
     for (int fp16 = 0; fp16 <= 1; fp16++) {
       lh_blockq_params p = {3, 100, fp16, sr};
       size_t n = 1000;
-      std::vector<float> x = gaussian(n, 5), e = gaussian(n, 6, 0.1f), e0 = e;
+      std::vector<float> x = Gaussian(n, 5), e = Gaussian(n, 6, 0.1f), e0 = e;
       std::vector<uint8_t> out(lh_blockq_payload_bytes(&p, n));
       ASSERT_EQ(lh_blockq_encode_ef(&p, &kKey, x.data(), e.data(), n, out.data()), LH_SUCCESS);
       std::vector<float> sum(n), y(n);
@@ -525,7 +515,7 @@ TEST(Blockq, ErrorFeedbackInvariant) {
 TEST(Blockq, AccumulateAddsTheDecodedValues) {
   lh_blockq_params p = {5, 64, 1, 0};
   size_t n = 1000;
-  std::vector<float> x = gaussian(n, 9), acc = gaussian(n, 10), y(n);
+  std::vector<float> x = Gaussian(n, 9), acc = Gaussian(n, 10), y(n);
   std::vector<uint8_t> out(lh_blockq_payload_bytes(&p, n));
   ASSERT_EQ(lh_blockq_encode(&p, nullptr, x.data(), n, out.data()), LH_SUCCESS);
   ASSERT_EQ(lh_blockq_decode(&p, out.data(), n, y.data(), 0), LH_SUCCESS);
@@ -562,7 +552,7 @@ TEST(Blockq, NonFiniteInputIsRefusedBeforeWriting) {
   lh_blockq_params p = {4, 128, 0, 0};
   size_t n = 300;
   for (float bad : {NAN, INFINITY, -INFINITY}) {
-    std::vector<float> x = gaussian(n, 11);
+    std::vector<float> x = Gaussian(n, 11);
     x[130] = bad;
     Guarded out(lh_blockq_payload_bytes(&p, n));
     EXPECT_EQ(lh_blockq_encode(&p, nullptr, x.data(), n, out.data()), LH_ERR_INVALID_ARGUMENT);
@@ -605,7 +595,7 @@ TEST(Blockq, Fp16ScaleOverflowIsRefused) {
 
 TEST(Blockq, CorruptScalesAreRefusedBeforeWriting) {
   size_t n = 300;
-  std::vector<float> x = gaussian(n, 12);
+  std::vector<float> x = Gaussian(n, 12);
   for (int fp16 = 0; fp16 <= 1; fp16++) {
     lh_blockq_params p = {4, 128, fp16, 0};
     std::vector<uint8_t> good(lh_blockq_payload_bytes(&p, n));
@@ -746,7 +736,7 @@ TEST(Sign, ErrorFeedbackAndAccumulate) {
   for (int fp16 = 0; fp16 <= 1; fp16++) {
     lh_sign_params p = {64, fp16};
     size_t n = 1000;
-    std::vector<float> x = gaussian(n, 21), e = gaussian(n, 22, 0.1f), e0 = e;
+    std::vector<float> x = Gaussian(n, 21), e = Gaussian(n, 22, 0.1f), e0 = e;
     std::vector<uint8_t> out(lh_sign_payload_bytes(&p, n));
     ASSERT_EQ(lh_sign_encode_ef(&p, x.data(), e.data(), n, out.data()), LH_SUCCESS);
     std::vector<float> sum(n), y(n);
@@ -756,7 +746,7 @@ TEST(Sign, ErrorFeedbackAndAccumulate) {
     ASSERT_EQ(lh_sign_decode(&p, out.data(), n, y.data(), 0), LH_SUCCESS);
     for (size_t i = 0; i < n; i++)
       ASSERT_TRUE(same_bits(e[i], sum[i] - y[i])) << i;
-    std::vector<float> acc = gaussian(n, 23), expect(n);
+    std::vector<float> acc = Gaussian(n, 23), expect(n);
     for (size_t i = 0; i < n; i++)
       expect[i] = acc[i] + y[i];
     ASSERT_EQ(lh_sign_decode(&p, out.data(), n, acc.data(), 1), LH_SUCCESS);
@@ -927,7 +917,7 @@ TEST(Sharedq, SummedCodesDecodeToTheSumOfValues) {
     std::vector<std::vector<float>> xs;
     std::vector<float> scales(lh_sharedq_scale_count(&p, n), 0.0f);
     for (int r = 0; r < ranks; r++) {
-      xs.push_back(gaussian(n, 400 + r));
+      xs.push_back(Gaussian(n, 400 + r));
       std::vector<float> s = local_scales(p, xs.back());
       for (size_t k = 0; k < s.size(); k++)
         scales[k] = std::max(scales[k], s[k]);
@@ -1013,7 +1003,7 @@ TEST(Sharedq, SumWrapsWithoutUndefinedBehaviour) {
 TEST(Sharedq, ErrorFeedbackInvariant) {
   lh_sharedq_params p = {5, 64, 4, 1};
   size_t n = 700;
-  std::vector<float> x = gaussian(n, 31), e = gaussian(n, 32, 0.1f), e0 = e;
+  std::vector<float> x = Gaussian(n, 31), e = Gaussian(n, 32, 0.1f), e0 = e;
   std::vector<float> sum(n);
   for (size_t i = 0; i < n; i++)
     sum[i] = x[i] + e0[i];
@@ -1027,7 +1017,7 @@ TEST(Sharedq, ErrorFeedbackInvariant) {
   for (size_t i = 0; i < n; i++)
     ASSERT_TRUE(same_bits(e[i], sum[i] - y[i])) << i;
   // Accumulate adds the same values.
-  std::vector<float> acc = gaussian(n, 33), expect(n);
+  std::vector<float> acc = Gaussian(n, 33), expect(n);
   for (size_t i = 0; i < n; i++)
     expect[i] = acc[i] + y[i];
   ASSERT_EQ(lh_sharedq_decode(&p, scales.data(), out.data(), n, acc.data(), 1), LH_SUCCESS);

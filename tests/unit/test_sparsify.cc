@@ -15,6 +15,8 @@
 
 #include "compress/payload.h"
 
+#include "codec_inputs.h"
+
 namespace {
 
 using Bytes = std::vector<uint8_t>;
@@ -29,15 +31,6 @@ uint32_t Bits(float x) {
   uint32_t u;
   std::memcpy(&u, &x, sizeof u);
   return u;
-}
-
-std::vector<float> Gaussian(size_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> x(n);
-  for (auto &v : x)
-    v = dist(gen);
-  return x;
 }
 
 // Three magnitudes with both signs and both zeros: most selections are decided by the tie rule.
