@@ -125,6 +125,11 @@ static long run_cpu_case(const codec_case *k, const float *x, size_t n, int iter
   for (int i = 0; i < k->np; i++)
     if (lh_codec_set_param(c, k->set[i].p, k->set[i].v) != LH_SUCCESS)
       return die("lh_codec_set_param"), lh_codec_free(c), -1;
+  if (lh_codec_max_wire_bytes(c, n) == 0) { /* PowerSGD: n is not a whole matrix of these rows */
+    printf("# %s %s: skipped, %zu elements are not a matrix of these rows\n", k->codec, k->params, n);
+    lh_codec_free(c);
+    return 0;
+  }
   if (k->id == LH_CODEC_SHAREDQ) { /* one rank's own scales stand in for the agreed ones */
     size_t ns = lh_codec_scale_count(c, n);
     float *s = malloc((ns + 1) * sizeof *s);
