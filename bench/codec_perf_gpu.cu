@@ -179,6 +179,37 @@ long run_case(Bench &b, const Case &c) {
   return wrong;
 }
 
+// A row for a codec without a key (sign, top-k): encode or encode_ef, and plain decode, on
+// both sides. `moved` is the encode's bytes per element without feedback; feedback adds reading
+// and writing e (8 bytes).
+template <typename P>
+Case keyless_case(Bench &b, const char *codec, const char *params, P p, int ef, double moved,
+                  size_t (*payload_bytes)(const P *, size_t),
+                  lh_status (*encode)(const P *, const float *, size_t, uint8_t *),
+                  lh_status (*encode_ef)(const P *, const float *, float *, size_t, uint8_t *),
+                  lh_status (*decode)(const P *, const uint8_t *, size_t, float *, int),
+                  int (*cuda_encode)(const P *, const float *, size_t, uint8_t *, void *),
+                  int (*cuda_encode_ef)(const P *, const float *, float *, size_t, uint8_t *, void *),
+                  int (*cuda_decode)(const P *, const uint8_t *, size_t, float *, int, void *)) {
+  const size_t n = b.n;
+  Case c;
+  c.codec = codec;
+  c.params = params;
+  c.payload_bytes = payload_bytes(&p, n);
+  c.moved = moved + (ef ? 8.0 : 0.0);
+  c.ef = ef;
+  c.tolerance = false;
+  c.gpu_encode = [&b, n, p, ef, cuda_encode, cuda_encode_ef] {
+    return ef ? cuda_encode_ef(&p, b.d_x, b.d_e, n, b.d_pay, nullptr) : cuda_encode(&p, b.d_x, n, b.d_pay, nullptr);
+  };
+  c.gpu_decode = [&b, n, p, cuda_decode] { return cuda_decode(&p, b.d_pay, n, b.d_y, 0, nullptr); };
+  c.cpu_encode = [n, p, ef, encode, encode_ef](const float *x, float *e, uint8_t *pay) {
+    return (ef ? encode_ef(&p, x, e, n, pay) : encode(&p, x, n, pay)) == LH_SUCCESS;
+  };
+  c.cpu_decode = [n, p, decode](const uint8_t *pay, float *y) { return decode(&p, pay, n, y, 0) == LH_SUCCESS; };
+  return c;
+}
+
 bool want(const char *only, const char *codec) { return !only || std::strcmp(only, codec) == 0; }
 
 // All rows at one size.
@@ -268,51 +299,22 @@ long run_size(Bench &b, const char *only) {
       cases.push_back(c);
     }
 
-  // Sign.
+  // Sign (block 128) and exact top-k 1% (k 41 of 4096): the same shape, no key.
   if (want(only, "sign"))
     for (int ef = 0; ef < 2; ef++) {
       const lh_sign_params p = {128, 0};
-      Case c;
-      c.codec = "sign";
-      c.params = ef ? "B128 +EF" : "B128";
-      c.payload_bytes = lh_sign_payload_bytes(&p, n);
-      c.moved = 4.0 + 1.0 / 8 + 4.0 / 128 + (ef ? 8.0 : 0.0);
-      c.ef = ef;
-      c.tolerance = false;
-      c.gpu_encode = [&b, n, p, ef] {
-        return ef ? lh_cuda_sign_encode_ef(&p, b.d_x, b.d_e, n, b.d_pay, nullptr)
-                  : lh_cuda_sign_encode(&p, b.d_x, n, b.d_pay, nullptr);
-      };
-      c.gpu_decode = [&b, n, p] { return lh_cuda_sign_decode(&p, b.d_pay, n, b.d_y, 0, nullptr); };
-      c.cpu_encode = [n, p, ef](const float *x, float *e, uint8_t *pay) {
-        return (ef ? lh_sign_encode_ef(&p, x, e, n, pay) : lh_sign_encode(&p, x, n, pay)) == LH_SUCCESS;
-      };
-      c.cpu_decode = [n, p](const uint8_t *pay, float *y) { return lh_sign_decode(&p, pay, n, y, 0) == LH_SUCCESS; };
-      cases.push_back(c);
+      cases.push_back(keyless_case(b, "sign", ef ? "B128 +EF" : "B128", p, ef, 4.0 + 1.0 / 8 + 4.0 / 128,
+                                   lh_sign_payload_bytes, lh_sign_encode, lh_sign_encode_ef, lh_sign_decode,
+                                   lh_cuda_sign_encode, lh_cuda_sign_encode_ef, lh_cuda_sign_decode));
     }
-
-  // Top-k, exact, 1% (k 41 of 4096).
   if (want(only, "topk"))
     for (int ef = 0; ef < 2; ef++) {
       const lh_topk_params p = {4096, 41, 0};
-      const size_t entries = lh_topk_entries(&p, n);
-      Case c;
-      c.codec = "topk";
-      c.params = ef ? "1% exact C4096 +EF" : "1% exact C4096";
-      c.payload_bytes = lh_topk_payload_bytes(&p, n);
-      c.moved = 4.0 + (ef ? 8.0 : 0.0) + 6.0 * (double)entries / (double)(n ? n : 1);
-      c.ef = ef;
-      c.tolerance = false;
-      c.gpu_encode = [&b, n, p, ef] {
-        return ef ? lh_cuda_topk_encode_ef(&p, b.d_x, b.d_e, n, b.d_pay, nullptr)
-                  : lh_cuda_topk_encode(&p, b.d_x, n, b.d_pay, nullptr);
-      };
-      c.gpu_decode = [&b, n, p] { return lh_cuda_topk_decode(&p, b.d_pay, n, b.d_y, 0, nullptr); };
-      c.cpu_encode = [n, p, ef](const float *x, float *e, uint8_t *pay) {
-        return (ef ? lh_topk_encode_ef(&p, x, e, n, pay) : lh_topk_encode(&p, x, n, pay)) == LH_SUCCESS;
-      };
-      c.cpu_decode = [n, p](const uint8_t *pay, float *y) { return lh_topk_decode(&p, pay, n, y, 0) == LH_SUCCESS; };
-      cases.push_back(c);
+      const double entries = (double)lh_topk_entries(&p, n);
+      cases.push_back(keyless_case(b, "topk", ef ? "1% exact C4096 +EF" : "1% exact C4096", p, ef,
+                                   4.0 + 6.0 * entries / (double)(n ? n : 1), lh_topk_payload_bytes,
+                                   lh_topk_encode, lh_topk_encode_ef, lh_topk_decode, lh_cuda_topk_encode,
+                                   lh_cuda_topk_encode_ef, lh_cuda_topk_decode));
     }
 
   // PowerSGD: the input as a 4096-row matrix (fewer rows for small inputs). Encode = P = M Q,
