@@ -18,6 +18,8 @@ extern "C" {
 int lh_cuda_reduce_add_f32(float *acc, const float *x, size_t n, void *stream);
 /* x[i] /= divisor for i < n. Twin: lh_reduce_div_f32. */
 int lh_cuda_reduce_div_f32(float *x, float divisor, size_t n, void *stream);
+/* err[i] += in[i] - decoded[i]. Twin: lh_residual_add_f32. */
+int lh_cuda_residual_add_f32(float *err, const float *in, const float *decoded, size_t n, void *stream);
 
 /* ---- Codec kernels (kernels/cast.cu, blockq.cu, sign.cu, topk.cu, powersgd.cu) ----------------
  * Twins: the same names without "_cuda" in lib/compress/ (payload.h), which give the same
@@ -30,6 +32,11 @@ int lh_cuda_reduce_div_f32(float *x, float divisor, size_t n, void *stream);
  * payload: a caller that needs the refusal checks first), and decoders trust the payload
  * (validate it on the host, as the twins' decoders do, before handing it over). Everything
  * is queued on `stream` (NULL: the default stream); nothing synchronizes. */
+
+/* The input check of the codecs' device path: *out (a device word) = the largest of the bits of
+ * |x[i]| (sign cleared), 0 for n = 0; >= 0x7F800000 when any x[i] is infinite or NaN. Twin:
+ * lh_qz_max_abs_bits (compress/quant_internal.h). kernels/max_abs.cu. */
+int lh_cuda_qz_max_abs_bits(const float *x, size_t n, uint32_t *out, void *stream);
 
 /* fp32 <-> fp16 / bf16, round to nearest even; decode: out[i] = v, or out[i] += v. */
 int lh_cuda_cast_f32_to_f16(const float *x, uint16_t *out, size_t n, void *stream);

@@ -19,8 +19,18 @@
  * LH_ERR_CORRUPT (or LH_ERR_MISMATCH when it is well formed but made with other parameters or
  * for another element count) and never reads or writes out of bounds.
  *
- * Buffers are host memory. The CUDA kernels behind the GPU paths are internal for now
- * (kernels/), each with the CPU twin this API runs.
+ * Memory. Frames (encode's out, decode's in, lh_codec_sum_wire's buffers), scales and the
+ * residual are host memory. The float32 data (encode's in, decode's out, decode_accumulate's
+ * acc, lh_codec_local_scales' in) is host memory or, in a build with CUDA, device memory
+ * (cudaMalloc'd or managed), told apart on each call. Device data gives byte for byte the frame
+ * the same data in host memory gives, decodes to the same bits, and is refused alike
+ * (non-finite input, corrupt frames: nothing written). NONE, FP16, BF16, BLOCKQ, SIGN and TOPK
+ * with error feedback off run CUDA kernels (bitwise twins of the CPU code) and move only the
+ * payload bytes between device and host; SHAREDQ, RANDK, POWERSGD, and every codec with error
+ * feedback on, run the CPU code on a host copy of the data (correct, but a float32 round trip
+ * over PCIe). Device work runs on the device that holds the data, on the legacy default
+ * stream, and is finished when the call returns; input written on another stream must be
+ * complete before the call. Without CUDA every pointer is taken as host memory.
  *
  * Threads: a context belongs to one thread at a time; different contexts are independent.
  *

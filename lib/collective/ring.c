@@ -21,46 +21,31 @@ typedef struct {
   float *data;
   float *scratch[2]; /* reduce-scatter receive slots, one per step parity */
   int n, rank, steps, chunks;
-  size_t base, extra, chunk_elems;
+  lh_layout lay;
   lh_request *recv_req; /* [step][chunk] */
   lh_request *send_req; /* [step][chunk] */
 } lh_ring;
-
-static size_t lh_seg_offset(const lh_ring *g, int seg) {
-  return (size_t)seg * g->base + ((size_t)seg < g->extra ? (size_t)seg : g->extra);
-}
-static size_t lh_seg_length(const lh_ring *g, int seg) { return g->base + ((size_t)seg < g->extra ? 1 : 0); }
-
-/* Offset within the segment and length of chunk j; length 0 for chunks past its end. */
-static size_t lh_chunk_span(const lh_ring *g, int seg, int j, size_t *offset) {
-  size_t len = lh_seg_length(g, seg);
-  size_t off = (size_t)j * g->chunk_elems;
-  *offset = off;
-  if (off >= len)
-    return 0;
-  return len - off < g->chunk_elems ? len - off : g->chunk_elems;
-}
 
 static int lh_send_seg(const lh_ring *g, int s) { return ((g->rank - s) % g->n + g->n) % g->n; }
 static int lh_recv_seg(const lh_ring *g, int s) { return ((g->rank - s - 1) % g->n + g->n) % g->n; }
 
 static lh_status lh_ring_post_recv(lh_ring *g, int s, int j) {
   int seg = lh_recv_seg(g, s);
-  size_t off, len = lh_chunk_span(g, seg, j, &off);
+  size_t at, len = lh_piece_span(&g->lay, seg, j, &at);
   if (len == 0)
     return LH_SUCCESS;
-  float *dst = s < g->n - 1 ? g->scratch[s % 2] + off : g->data + lh_seg_offset(g, seg) + off;
+  float *dst = s < g->n - 1 ? g->scratch[s % 2] + (at - lh_seg_offset(&g->lay, seg)) : g->data + at;
   int left = (g->rank - 1 + g->n) % g->n;
   return lh_irecv(g->comm, dst, len * sizeof(float), left, LH_TAG_RING, &g->recv_req[(size_t)s * g->chunks + j]);
 }
 
 static lh_status lh_ring_post_send(lh_ring *g, int s, int j) {
   int seg = lh_send_seg(g, s);
-  size_t off, len = lh_chunk_span(g, seg, j, &off);
+  size_t at, len = lh_piece_span(&g->lay, seg, j, &at);
   if (len == 0)
     return LH_SUCCESS;
   int right = (g->rank + 1) % g->n;
-  return lh_isend(g->comm, g->data + lh_seg_offset(g, seg) + off, len * sizeof(float), right, LH_TAG_RING,
+  return lh_isend(g->comm, g->data + at, len * sizeof(float), right, LH_TAG_RING,
                   &g->send_req[(size_t)s * g->chunks + j]);
 }
 
@@ -73,12 +58,12 @@ static lh_status lh_ring_run(lh_ring *g, lh_reduce_op op, int on_device) {
   for (int s = 0; s < g->steps; s++) {
     int seg = lh_recv_seg(g, s);
     for (int j = 0; j < g->chunks; j++) {
-      size_t off, len = lh_chunk_span(g, seg, j, &off);
+      size_t at, len = lh_piece_span(&g->lay, seg, j, &at);
       if (len > 0) { /* chunks past a short segment's end carry nothing, on both sides */
         LH_CHECK(lh_wait(&g->recv_req[(size_t)s * g->chunks + j]));
-        float *mine = g->data + lh_seg_offset(g, seg) + off;
+        float *mine = g->data + at;
         if (s < g->n - 1)
-          LH_CHECK(lh_reduce_add(on_device, mine, g->scratch[s % 2] + off, len));
+          LH_CHECK(lh_reduce_add(on_device, mine, g->scratch[s % 2] + (at - lh_seg_offset(&g->lay, seg)), len));
         if (s == g->n - 2 && op == LH_OP_MEAN) /* the owner scales once; everyone gets its bytes */
           LH_CHECK(lh_reduce_div(on_device, mine, (float)g->n, len));
       }
@@ -101,15 +86,9 @@ lh_status lh_ring_allreduce(lh_comm comm, float *data, size_t count, lh_reduce_o
   if (g.n == 1 || count == 0)
     return LH_SUCCESS; /* one rank: the sum and the mean are the data itself */
   g.steps = 2 * (g.n - 1);
-  g.base = count / (size_t)g.n;
-  g.extra = count % (size_t)g.n;
-  size_t longest = g.base + (g.extra ? 1 : 0);
-  g.chunk_elems = chunk_bytes / sizeof(float);
-  if (g.chunk_elems == 0)
-    g.chunk_elems = 1;
-  if (g.chunk_elems > longest)
-    g.chunk_elems = longest;
-  g.chunks = (int)((longest + g.chunk_elems - 1) / g.chunk_elems);
+  g.lay = lh_layout_make(count, g.n, chunk_bytes / sizeof(float));
+  size_t longest = lh_seg_length(&g.lay, 0);
+  g.chunks = g.lay.pieces;
 
   lh_status st = LH_SUCCESS;
   size_t nreq = (size_t)g.steps * g.chunks;
@@ -145,4 +124,14 @@ done:
     for (int k = 0; k < 2; k++)
       lh_device_free(g.scratch[k]);
   return st;
+}
+
+size_t lh_ring_bytes_sent(size_t count, int n, int rank) {
+  if (n < 2)
+    return 0;
+  lh_layout l = lh_layout_make(count, n, 1);
+  size_t elems = 0;
+  for (int s = 0; s < 2 * (n - 1); s++)
+    elems += lh_seg_length(&l, ((rank - s) % n + n) % n);
+  return elems * sizeof(float);
 }

@@ -2,7 +2,15 @@
  * residual, PowerSGD's Q, shared scales, zstd contexts, scratch), and the path
  *   input -> [error feedback] -> payload (a CPU twin in payload.h) -> [zstd] -> frame
  * and back. The payload formats themselves live in the twins; this file only dispatches,
- * checks and frames. */
+ * checks and frames.
+ *
+ * Device memory (CUDA builds): fp32 data in device memory goes through the codec kernels
+ * (kernels/, each the bitwise twin of the host path) where there is one and error feedback is
+ * off; only the payload bytes cross to or from the host, and the frame around them (header,
+ * zstd, CRC) is made and checked on the host exactly as for host data, so a frame does not
+ * depend on where its data lived. Everything else runs the host path on a host copy of the
+ * fp32 data (see "device memory" below). */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +19,12 @@
 #include "common/internal.h"
 #include "compress/compress_internal.h"
 #include "compress/payload.h"
+#include "compress/quant_internal.h"
+
+#ifdef LH_HAVE_CUDA
+#include <cuda_runtime.h>
+#include "kernels.h"
+#endif
 
 /* ---- what each codec is and takes ---------------------------------------------------- */
 
@@ -82,6 +96,14 @@ struct lh_codec_s {
   size_t work_n;
   ZSTD_CCtx *zc;
   ZSTD_DCtx *zd;
+  /* Device memory (CUDA builds): grow-only device scratch, [check word | pad | payload] (see
+   * DEVICE_PAYLOAD_AT), on device dev_id; and a grow-only host copy of device fp32 data for the
+   * paths that run on the host. */
+  void *dev;
+  size_t dev_cap; /* payload bytes dev holds */
+  int dev_id;
+  float *stage;
+  size_t stage_n;
 };
 
 /* ---- names and bounds ---------------------------------------------------------------- */
@@ -163,12 +185,16 @@ lh_status lh_codec_create(lh_codec_id id, lh_codec **codec) {
   return LH_SUCCESS;
 }
 
+static void device_scratch_free(lh_codec *c);
+
 void lh_codec_free(lh_codec *c) {
   if (!c)
     return;
   drop_state(c);
   free(c->raw);
   free(c->work);
+  free(c->stage);
+  device_scratch_free(c);
   ZSTD_freeCCtx(c->zc);
   ZSTD_freeDCtx(c->zd);
   free(c);
@@ -507,38 +533,21 @@ static void header_of(const lh_codec *c, size_t n, lh_frame_header *h) {
   h->seed_lo = (uint32_t)c->key.seed;
 }
 
-lh_status lh_codec_encode(lh_codec *c, const float *in, size_t n, void *out, size_t out_capacity,
-                          size_t *out_bytes) {
-  if (!c || !out || !out_bytes || (n && !in))
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_codec_encode: NULL %s",
-                    !c ? "codec" : !out ? "out" : !out_bytes ? "out_bytes" : "in");
-  *out_bytes = 0;
-  size_t raw_bytes;
-  LH_CHECK(checked_payload_bytes(c, n, &raw_bytes));
-  size_t need = lh_codec_max_wire_bytes(c, n);
-  if (out_capacity < need)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_codec_encode: out has %zu bytes, a frame of %zu %s "
-                    "elements may need %zu (lh_codec_max_wire_bytes)", out_capacity, n,
-                    codecs[c->id].name, need);
-  if (c->id == LH_CODEC_SHAREDQ)
-    LH_CHECK(sharedq_scales_ready(c, n));
-  /* The quantizer twins refuse non-finite blocks themselves, in the pass they already make. */
-  if (c->id != LH_CODEC_NONE && c->id != LH_CODEC_BLOCKQ && c->id != LH_CODEC_SIGN &&
-      c->id != LH_CODEC_SHAREDQ)
-    LH_CHECK(check_finite(c, in, n));
-
-  uint8_t *frame = out;
-  int zstd_level = c->param[LH_CP_ZSTD_LEVEL];
-  uint8_t *raw = frame + LH_FRAME_HEADER_BYTES;
-  if (zstd_level > 0) {
+/* Where the payload is made: in place after the header, or in c->raw when zstd is on (it then
+ * compresses into place). */
+static lh_status payload_target(lh_codec *c, uint8_t *frame, size_t raw_bytes, uint8_t **raw) {
+  *raw = frame + LH_FRAME_HEADER_BYTES;
+  if (c->param[LH_CP_ZSTD_LEVEL] > 0) {
     LH_CHECK(grow(&c->raw, &c->raw_cap, raw_bytes, "zstd input"));
-    raw = c->raw;
+    *raw = c->raw;
   }
-  if (c->param[LH_CP_ERROR_FEEDBACK])
-    LH_CHECK(encode_with_feedback(c, in, n, raw));
-  else
-    LH_CHECK(encode_plain(c, in, n, raw));
+  return LH_SUCCESS;
+}
 
+/* The frame around a payload made at payload_target's raw: zstd, header, CRC. */
+static lh_status finish_frame(lh_codec *c, size_t n, uint8_t *frame, size_t need, const uint8_t *raw,
+                              size_t raw_bytes, size_t *out_bytes) {
+  int zstd_level = c->param[LH_CP_ZSTD_LEVEL];
   lh_frame_header h;
   header_of(c, n, &h);
   h.raw_bytes = (uint32_t)raw_bytes;
@@ -561,6 +570,316 @@ lh_status lh_codec_encode(lh_codec *c, const float *in, size_t n, void *out, siz
   lh_frame_seal(frame, h.wire_bytes);
   *out_bytes = LH_FRAME_HEADER_BYTES + h.wire_bytes;
   return LH_SUCCESS;
+}
+
+/* The host path: the payload from host data x by the CPU twins. */
+static lh_status encode_host(lh_codec *c, const float *x, size_t n, uint8_t *frame, size_t need,
+                             size_t raw_bytes, size_t *out_bytes) {
+  /* The quantizer twins refuse non-finite blocks themselves, in the pass they already make. */
+  if (c->id != LH_CODEC_NONE && c->id != LH_CODEC_BLOCKQ && c->id != LH_CODEC_SIGN &&
+      c->id != LH_CODEC_SHAREDQ)
+    LH_CHECK(check_finite(c, x, n));
+  uint8_t *raw;
+  LH_CHECK(payload_target(c, frame, raw_bytes, &raw));
+  if (c->param[LH_CP_ERROR_FEEDBACK])
+    LH_CHECK(encode_with_feedback(c, x, n, raw));
+  else
+    LH_CHECK(encode_plain(c, x, n, raw));
+  return finish_frame(c, n, frame, need, raw, raw_bytes, out_bytes);
+}
+
+/* ---- device memory ----------------------------------------------------------------------
+ * fp32 data in device memory (CUDA builds). Kernels, with error feedback off, for NONE, FP16,
+ * BF16, BLOCKQ, SIGN and TOPK: encode = an input check and the encode kernel into device
+ * scratch, then only the payload bytes to the host; decode = the payload checked on the host
+ * as the twin's decoder checks it, its bytes to device scratch, then the decode kernel into (or
+ * onto) the caller's memory. The rest runs the host path on a host copy of the fp32 data (a
+ * round trip over PCIe, correct but slow): SHAREDQ and RANDK have no kernels; PowerSGD's
+ * cuBLAS kernels agree with its CPU twin only within rounding, and a frame must not depend on
+ * where its data lived; error feedback keeps its residual in host memory (lh_codec_residual),
+ * so an encode with it on runs on the host copy too. The input check is one max |x| kernel:
+ * when it finds what the twin may refuse (a non-finite value; above 65504 under BLOCKQ's fp16
+ * scales; a SIGN mean that might overflow its scale), the host path runs on a copy and refuses
+ * with the twin's message, or encodes after all where the bound was only conservative. */
+
+#ifdef LH_HAVE_CUDA
+
+/* The payload's offset in c->dev, past the check word: 256 keeps it aligned for any element. */
+#define DEVICE_PAYLOAD_AT 256u
+
+/* A grow-only host copy of n floats; from device memory `from` when not NULL. */
+static lh_status stage_floats(lh_codec *c, const float *from, size_t n, float **host) {
+  size_t cap = c->stage_n * sizeof(float);
+  LH_CHECK(grow((void **)&c->stage, &cap, n * sizeof(float), "host copy of device data"));
+  c->stage_n = cap / sizeof(float);
+  if (from)
+    LH_CHECK(lh_copy_to_host(c->stage, from, n * sizeof(float)));
+  *host = c->stage;
+  return LH_SUCCESS;
+}
+
+static lh_status cuda_failed(const lh_codec *c, int rc, const char *what) {
+  return lh_error(LH_ERR_CUDA, "codec %s on device memory: %s: %s", codecs[c->id].name, what,
+                  cudaGetErrorString((cudaError_t)rc));
+}
+
+static void device_scratch_free(lh_codec *c) {
+  if (!c->dev)
+    return;
+  int prev = -1; /* cudaFree on the device that holds it */
+  int switched = cudaGetDevice(&prev) == cudaSuccess && prev != c->dev_id &&
+                 cudaSetDevice(c->dev_id) == cudaSuccess;
+  cudaFree(c->dev);
+  if (switched)
+    cudaSetDevice(prev);
+  cudaGetLastError(); /* nothing to report from a free: do not leave an error behind */
+  c->dev = NULL;
+  c->dev_cap = 0;
+}
+
+/* For one call: the calling thread works on the device that holds ptr (a worker thread may
+ * never have selected it), restored by device_leave. */
+typedef struct device_scope {
+  int prev, switched;
+} device_scope;
+
+static lh_status device_enter(const lh_codec *c, const void *ptr, device_scope *s) {
+  s->switched = 0;
+  struct cudaPointerAttributes a;
+  cudaError_t rc = cudaPointerGetAttributes(&a, ptr);
+  if (rc != cudaSuccess)
+    return cuda_failed(c, rc, "cudaPointerGetAttributes");
+  if ((rc = cudaGetDevice(&s->prev)) != cudaSuccess)
+    return cuda_failed(c, rc, "cudaGetDevice");
+  if (a.device >= 0 && a.device != s->prev) {
+    if ((rc = cudaSetDevice(a.device)) != cudaSuccess)
+      return cuda_failed(c, rc, "cudaSetDevice");
+    s->switched = 1;
+  }
+  return LH_SUCCESS;
+}
+
+static void device_leave(const device_scope *s) {
+  if (s->switched)
+    cudaSetDevice(s->prev);
+}
+
+/* Device scratch on the current device: the check word at c->dev, room for `bytes` of payload
+ * at *payload. */
+static lh_status device_scratch(lh_codec *c, size_t bytes, uint8_t **payload) {
+  int dev = 0;
+  cudaError_t rc = cudaGetDevice(&dev);
+  if (rc != cudaSuccess)
+    return cuda_failed(c, rc, "cudaGetDevice");
+  if (!c->dev || c->dev_id != dev || c->dev_cap < bytes) {
+    device_scratch_free(c);
+    void *p = NULL;
+    if ((rc = cudaMalloc(&p, DEVICE_PAYLOAD_AT + bytes)) != cudaSuccess) {
+      cudaGetLastError();
+      return lh_error(rc == cudaErrorMemoryAllocation ? LH_ERR_OUT_OF_MEMORY : LH_ERR_CUDA,
+                      "codec %s: cudaMalloc(%zu bytes) for device scratch: %s", codecs[c->id].name,
+                      (size_t)DEVICE_PAYLOAD_AT + bytes, cudaGetErrorString(rc));
+    }
+    c->dev = p;
+    c->dev_cap = bytes;
+    c->dev_id = dev;
+  }
+  *payload = (uint8_t *)c->dev + DEVICE_PAYLOAD_AT;
+  return LH_SUCCESS;
+}
+
+/* The codecs with kernels for both directions, bitwise twins of the host path. */
+static int has_kernels(lh_codec_id id) {
+  return id == LH_CODEC_NONE || id == LH_CODEC_FP16 || id == LH_CODEC_BF16 || id == LH_CODEC_BLOCKQ ||
+         id == LH_CODEC_SIGN || id == LH_CODEC_TOPK;
+}
+
+/* Whether input whose largest |x| has the bits max_bits surely passes the host path's checks
+ * (check_finite, lh_qz_check_input, sign.c's scale bound, which this repeats). */
+static int device_input_passes(const lh_codec *c, uint32_t max_bits) {
+  switch (c->id) {
+  case LH_CODEC_BLOCKQ:
+    return max_bits <= lh_f32_bits(c->param[LH_CP_SCALE_TYPE] == LH_SCALE_FP16 ? 65504.0f : FLT_MAX);
+  case LH_CODEC_SIGN: {
+    if (max_bits > lh_f32_bits(FLT_MAX))
+      return 0;
+    double block = (double)c->param[LH_CP_BLOCK];
+    double bound = (double)lh_bits_f32(max_bits) * (1.0 + block * 0x1p-23);
+    return c->param[LH_CP_SCALE_TYPE] == LH_SCALE_FP16 ? bound < 65504.0 : bound * block < (double)FLT_MAX;
+  }
+  default: return max_bits < 0x7F800000u;
+  }
+}
+
+/* The payload of device data x by the kernels, into host memory raw[0..raw_bytes), error
+ * feedback off. *done = 0, with raw untouched, when the host path must run instead (the input
+ * check found what the twin may refuse). */
+static lh_status device_encode(lh_codec *c, const float *x, size_t n, uint8_t *raw, size_t raw_bytes,
+                               int *done) {
+  *done = 0;
+  if (c->id == LH_CODEC_NONE) { /* the payload is the data: no check, no kernel */
+    cudaError_t rc = cudaMemcpy(raw, x, raw_bytes, cudaMemcpyDeviceToHost);
+    if (rc != cudaSuccess)
+      return cuda_failed(c, rc, "copying the payload to the host");
+    *done = 1;
+    return LH_SUCCESS;
+  }
+  uint8_t *payload;
+  LH_CHECK(device_scratch(c, raw_bytes, &payload));
+  uint32_t *check = c->dev;
+  /* The check and the encode queue back to back; the encode's output is only used when the
+   * check passes (the kernels write some payload for any input, and stay in bounds). */
+  int rc = lh_cuda_qz_max_abs_bits(x, n, check, NULL);
+  if (rc == 0) {
+    switch (c->id) {
+    case LH_CODEC_FP16: rc = lh_cuda_cast_f32_to_f16(x, (uint16_t *)(void *)payload, n, NULL); break;
+    case LH_CODEC_BF16: rc = lh_cuda_cast_f32_to_bf16(x, (uint16_t *)(void *)payload, n, NULL); break;
+    case LH_CODEC_BLOCKQ: {
+      lh_blockq_params p = blockq_of(c);
+      rc = lh_cuda_blockq_encode(&p, &c->key, x, n, payload, NULL);
+      break;
+    }
+    case LH_CODEC_SIGN: { lh_sign_params p = sign_of(c); rc = lh_cuda_sign_encode(&p, x, n, payload, NULL); break; }
+    case LH_CODEC_TOPK: { lh_topk_params p = topk_of(c); rc = lh_cuda_topk_encode(&p, x, n, payload, NULL); break; }
+    default: return lh_error(LH_ERR_INTERNAL, "codec %s: no encode kernel", codecs[c->id].name);
+    }
+  }
+  if (rc != 0)
+    return cuda_failed(c, rc, "launching the input check or the encode kernel");
+  uint32_t max_bits = 0;
+  cudaError_t e = cudaMemcpy(&max_bits, check, sizeof max_bits, cudaMemcpyDeviceToHost);
+  if (e != cudaSuccess)
+    return cuda_failed(c, e, "the input check or the encode kernel");
+  if (!device_input_passes(c, max_bits))
+    return LH_SUCCESS;
+  if ((e = cudaMemcpy(raw, payload, raw_bytes, cudaMemcpyDeviceToHost)) != cudaSuccess)
+    return cuda_failed(c, e, "copying the payload to the host");
+  *done = 1;
+  return LH_SUCCESS;
+}
+
+static lh_status encode_device(lh_codec *c, const float *x, size_t n, uint8_t *frame, size_t need,
+                               size_t raw_bytes, size_t *out_bytes) {
+  device_scope scope;
+  LH_CHECK(device_enter(c, x, &scope));
+  lh_status st = LH_SUCCESS;
+  int done = 0;
+  uint8_t *raw = NULL;
+  if (!c->param[LH_CP_ERROR_FEEDBACK] && has_kernels(c->id)) {
+    LH_CHECK_GOTO(payload_target(c, frame, raw_bytes, &raw), st, out);
+    LH_CHECK_GOTO(device_encode(c, x, n, raw, raw_bytes, &done), st, out);
+  }
+  if (done) {
+    st = finish_frame(c, n, frame, need, raw, raw_bytes, out_bytes);
+  } else {
+    float *host;
+    LH_CHECK_GOTO(stage_floats(c, x, n, &host), st, out);
+    st = encode_host(c, host, n, frame, need, raw_bytes, out_bytes);
+  }
+out:
+  device_leave(&scope);
+  return st;
+}
+
+/* What the twins' decoders refuse in a payload, checked on the host before a kernel sees it
+ * (the kernels trust their payloads). Writes nothing. */
+static lh_status device_payload_check(const lh_codec *c, const uint8_t *payload, size_t n) {
+  switch (c->id) {
+  case LH_CODEC_BLOCKQ: {
+    lh_blockq_params p = blockq_of(c);
+    size_t nb = n / (size_t)p.block + (n % (size_t)p.block != 0);
+    return lh_qz_check_scales("lh_blockq_decode", payload, nb, p.scale_fp16, LH_ERR_CORRUPT);
+  }
+  case LH_CODEC_SIGN: {
+    lh_sign_params p = sign_of(c);
+    size_t nb = n / (size_t)p.block + (n % (size_t)p.block != 0);
+    return lh_qz_check_scales("lh_sign_decode", payload, nb, p.scale_fp16, LH_ERR_CORRUPT);
+  }
+  case LH_CODEC_TOPK: { lh_topk_params p = topk_of(c); return lh_topk_validate(&p, payload, n); }
+  default: return LH_SUCCESS;
+  }
+}
+
+/* Decodes (or accumulates) a checked-size host payload into device memory out by the kernels. */
+static lh_status device_decode(lh_codec *c, const uint8_t *in, size_t bytes, size_t n, float *out,
+                               int acc) {
+  LH_CHECK(device_payload_check(c, in, n));
+  cudaError_t e;
+  if (c->id == LH_CODEC_NONE && !acc) { /* the payload is the data */
+    if ((e = cudaMemcpy(out, in, bytes, cudaMemcpyHostToDevice)) != cudaSuccess)
+      return cuda_failed(c, e, "copying the payload to the device");
+    return LH_SUCCESS;
+  }
+  uint8_t *payload;
+  LH_CHECK(device_scratch(c, bytes, &payload));
+  if ((e = cudaMemcpy(payload, in, bytes, cudaMemcpyHostToDevice)) != cudaSuccess)
+    return cuda_failed(c, e, "copying the payload to the device");
+  int rc;
+  switch (c->id) {
+  case LH_CODEC_NONE: rc = lh_cuda_reduce_add_f32(out, (const float *)(const void *)payload, n, NULL); break;
+  case LH_CODEC_FP16: rc = lh_cuda_cast_f16_to_f32((const uint16_t *)(const void *)payload, out, n, acc, NULL); break;
+  case LH_CODEC_BF16: rc = lh_cuda_cast_bf16_to_f32((const uint16_t *)(const void *)payload, out, n, acc, NULL); break;
+  case LH_CODEC_BLOCKQ: { lh_blockq_params p = blockq_of(c); rc = lh_cuda_blockq_decode(&p, payload, n, out, acc, NULL); break; }
+  case LH_CODEC_SIGN: { lh_sign_params p = sign_of(c); rc = lh_cuda_sign_decode(&p, payload, n, out, acc, NULL); break; }
+  case LH_CODEC_TOPK: { lh_topk_params p = topk_of(c); rc = lh_cuda_topk_decode(&p, payload, n, out, acc, NULL); break; }
+  default: return lh_error(LH_ERR_INTERNAL, "codec %s: no decode kernel", codecs[c->id].name);
+  }
+  if (rc != 0)
+    return cuda_failed(c, rc, "launching the decode kernel");
+  return LH_SUCCESS;
+}
+
+/* The host path into device memory: a host copy of out (of its old values when accumulating),
+ * the twin's decode, and back. out is untouched when the payload is refused. */
+static lh_status staged_decode(lh_codec *c, const lh_rng_key *key, const uint8_t *in, size_t n,
+                               float *out, int acc) {
+  float *host;
+  LH_CHECK(stage_floats(c, acc ? out : NULL, n, &host));
+  LH_CHECK(decode_plain(c, key, in, n, host, acc));
+  return lh_copy_to_device(out, host, n * sizeof(float));
+}
+
+static lh_status decode_device(lh_codec *c, const lh_rng_key *key, const uint8_t *in, size_t bytes,
+                               size_t n, float *out, int acc) {
+  device_scope scope;
+  LH_CHECK(device_enter(c, out, &scope));
+  lh_status st = has_kernels(c->id) ? device_decode(c, in, bytes, n, out, acc)
+                                    : staged_decode(c, key, in, n, out, acc);
+  /* out is the caller's when this returns, whatever stream it is read on next: a copy from
+   * pageable memory may still be in flight when cudaMemcpy returns, a kernel surely is. */
+  cudaError_t e = st == LH_SUCCESS ? cudaStreamSynchronize(NULL) : cudaSuccess;
+  if (e != cudaSuccess)
+    st = cuda_failed(c, e, "the decode into device memory");
+  device_leave(&scope);
+  return st;
+}
+
+#else /* no CUDA: every pointer is host memory */
+
+static void device_scratch_free(lh_codec *c) { (void)c; }
+
+#endif
+
+lh_status lh_codec_encode(lh_codec *c, const float *in, size_t n, void *out, size_t out_capacity,
+                          size_t *out_bytes) {
+  if (!c || !out || !out_bytes || (n && !in))
+    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_codec_encode: NULL %s",
+                    !c ? "codec" : !out ? "out" : !out_bytes ? "out_bytes" : "in");
+  *out_bytes = 0;
+  size_t raw_bytes;
+  LH_CHECK(checked_payload_bytes(c, n, &raw_bytes));
+  size_t need = lh_codec_max_wire_bytes(c, n);
+  if (out_capacity < need)
+    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_codec_encode: out has %zu bytes, a frame of %zu %s "
+                    "elements may need %zu (lh_codec_max_wire_bytes)", out_capacity, n,
+                    codecs[c->id].name, need);
+  if (c->id == LH_CODEC_SHAREDQ)
+    LH_CHECK(sharedq_scales_ready(c, n));
+#ifdef LH_HAVE_CUDA
+  if (n > 0 && lh_is_device_pointer(in))
+    return encode_device(c, in, n, out, need, raw_bytes, out_bytes);
+#endif
+  return encode_host(c, in, n, out, need, raw_bytes, out_bytes);
 }
 
 /* Checks a parsed frame against this context and n; names the first field that differs. */
@@ -636,6 +955,10 @@ static lh_status decode_frame(lh_codec *c, const void *in, size_t in_bytes, floa
   LH_CHECK(open_frame(c, in, in_bytes, n, &h, &payload));
   lh_rng_key key = c->key;
   key.step = h.step; /* random-k's choice belongs to the sender's step */
+#ifdef LH_HAVE_CUDA
+  if (n > 0 && lh_is_device_pointer(out))
+    return decode_device(c, &key, payload, h.raw_bytes, n, out, acc);
+#endif
   return decode_plain(c, &key, payload, n, out, acc);
 }
 
@@ -704,6 +1027,19 @@ lh_status lh_codec_local_scales(const lh_codec *c, const float *in, size_t n, fl
   if ((n && !in) || (lh_codec_scale_count(c, n) && !scales))
     return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_codec_local_scales: NULL %s", in || !n ? "scales" : "in");
   lh_sharedq_params p = sharedq_of(c);
+#ifdef LH_HAVE_CUDA
+  if (n > 0 && lh_is_device_pointer(in)) {
+    /* No kernel: the twin on a host copy (c is const here, so a copy of its own). */
+    float *host = lh_malloc(n * sizeof(float), "host copy of device input");
+    if (!host)
+      return LH_ERR_OUT_OF_MEMORY;
+    lh_status st = lh_copy_to_host(host, in, n * sizeof(float));
+    if (st == LH_SUCCESS)
+      st = lh_sharedq_local_scales(&p, host, n, scales);
+    free(host);
+    return st;
+  }
+#endif
   return lh_sharedq_local_scales(&p, in, n, scales);
 }
 

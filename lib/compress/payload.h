@@ -132,6 +132,9 @@ lh_status lh_topk_encode(const lh_topk_params *p, const float *x, size_t n, uint
 /* e = x + e; out = topk(e); e[i] = 0 where i was sent. */
 lh_status lh_topk_encode_ef(const lh_topk_params *p, const float *x, float *e, size_t n,
                             uint8_t *out);
+/* LH_ERR_CORRUPT unless every chunk's indices are inside the chunk and strictly increasing
+ * (what lh_topk_decode checks first; p must be valid). Writes nothing. */
+lh_status lh_topk_validate(const lh_topk_params *p, const uint8_t *in, size_t n);
 /* Not accumulating: out is zeroed, then the entries are written. */
 lh_status lh_topk_decode(const lh_topk_params *p, const uint8_t *in, size_t n, float *out,
                          int accumulate);

@@ -289,8 +289,9 @@ static uint16_t topk_read_index(const uint8_t *in, size_t entry) {
 }
 
 /* Every chunk's indices must be inside the chunk and strictly increasing; checked for the whole
- * payload before anything is written, so a refused payload leaves out untouched. */
-static lh_status topk_validate(const lh_topk_params *p, const uint8_t *in, size_t n) {
+ * payload before anything is written, so a refused payload leaves out untouched. Also what the
+ * device path (codec.c) checks on the host before the decode kernel sees a payload. */
+lh_status lh_topk_validate(const lh_topk_params *p, const uint8_t *in, size_t n) {
   size_t chunk = (size_t)p->chunk, kfull = topk_full_chunk_entries(p);
   for (size_t c = 0, base = 0; base < n; c++, base += chunk) {
     size_t len = topk_min(chunk, n - base), k = topk_min((size_t)p->k, len);
@@ -314,7 +315,7 @@ static lh_status topk_validate(const lh_topk_params *p, const uint8_t *in, size_
 lh_status lh_topk_decode(const lh_topk_params *p, const uint8_t *in, size_t n, float *out,
                          int accumulate) {
   LH_CHECK(topk_check(p, in, n, out, "lh_topk_decode"));
-  LH_CHECK(topk_validate(p, in, n));
+  LH_CHECK(lh_topk_validate(p, in, n));
   if (!accumulate && n > 0)
     memset(out, 0, n * sizeof *out);
   size_t entries = lh_topk_entries(p, n), kfull = topk_full_chunk_entries(p);

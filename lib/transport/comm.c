@@ -197,7 +197,9 @@ lh_status lh_comm_create(const lh_comm_config *config, lh_comm *comm) {
   MPI_Initialized(&initialized);
   if (!initialized) {
     int provided;
-    int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
+    /* MULTIPLE: a reducer's worker thread moves its own communicator's messages while the
+     * caller's thread uses others (lh_reducer_start); with less, reducers run synchronously. */
+    int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided);
     if (rc != MPI_SUCCESS)
       return lh_mpi_error(rc, "MPI_Init_thread");
     lh_we_initialized_mpi = 1;
@@ -276,9 +278,15 @@ lh_status lh_finalize(void) {
   return LH_SUCCESS;
 }
 
+static _Thread_local struct lh_comm_s *lh_scope;
+
+void lh_progress_scope(struct lh_comm_s *comm) { lh_scope = comm; }
+
 lh_status lh_progress_all(void) {
+  if (lh_scope)
+    return lh_scope->broken == LH_SUCCESS ? lh_comm_progress(lh_scope, 1) : LH_SUCCESS;
   for (struct lh_comm_s *c = lh_live_comms; c; c = c->next_live)
-    if (c->broken == LH_SUCCESS)
+    if (c->broken == LH_SUCCESS && !c->exclusive)
       LH_CHECK(lh_comm_progress(c, 1));
   return LH_SUCCESS;
 }
@@ -394,13 +402,13 @@ lh_status lh_comm_reset_stats(lh_comm comm) {
  * on the communicator. */
 typedef struct lh_agreement {
   MPI_Request req;
-  long long local[16], reduced[16];
+  long long local[64], reduced[64];
   struct lh_agreement *next;
 } lh_agreement;
 
 lh_status lh_comm_agree(lh_comm comm, const long long *values, int count, const char *const *names, const char *fn) {
-  if (count > 8)
-    return lh_error(LH_ERR_INTERNAL, "lh_comm_agree: at most 8 values");
+  if (count > 32)
+    return lh_error(LH_ERR_INTERNAL, "lh_comm_agree: at most 32 values");
   lh_agreement *a = lh_calloc(1, sizeof *a, "an argument check");
   if (!a)
     return LH_ERR_OUT_OF_MEMORY;

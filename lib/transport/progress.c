@@ -170,11 +170,13 @@ lh_status lh_isend(lh_comm comm, const void *buf, size_t bytes, int peer, int ta
   return lh_request_start(comm, r, request);
 }
 
-lh_status lh_irecv(lh_comm comm, void *buf, size_t bytes, int peer, int tag, lh_request *request) {
+static lh_status lh_irecv_common(lh_comm comm, void *buf, size_t bytes, size_t *received, int peer, int tag,
+                                 lh_request *request, const char *fn) {
   lh_error_clear();
-  LH_CHECK(lh_validate_p2p(comm, buf, bytes, peer, tag, request, "lh_irecv"));
+  LH_CHECK(lh_validate_p2p(comm, buf, bytes, peer, tag, request, fn));
   struct lh_request_s *r;
   LH_CHECK(lh_request_new(comm, LH_REQ_RECV, buf, bytes, peer, tag, &r));
+  r->received = received;
   r->peer_seq = comm->recv_posted[peer]++;
   int rc = MPI_Irecv(&r->header, (int)sizeof r->header, MPI_BYTE, peer, tag, comm->ctrl, &r->header_req);
   if (rc != MPI_SUCCESS) {
@@ -182,6 +184,18 @@ lh_status lh_irecv(lh_comm comm, void *buf, size_t bytes, int peer, int tag, lh_
     return lh_mpi_error(rc, "MPI_Irecv (message header)");
   }
   return lh_request_start(comm, r, request);
+}
+
+lh_status lh_irecv(lh_comm comm, void *buf, size_t bytes, int peer, int tag, lh_request *request) {
+  return lh_irecv_common(comm, buf, bytes, NULL, peer, tag, request, "lh_irecv");
+}
+
+lh_status lh_irecv_upto(lh_comm comm, void *buf, size_t capacity, size_t *received, int peer, int tag,
+                        lh_request *request) {
+  if (!received)
+    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_irecv_upto: received must not be NULL");
+  *received = 0;
+  return lh_irecv_common(comm, buf, capacity, received, peer, tag, request, "lh_irecv_upto");
 }
 
 /* Marks a request failed; failures that leave the channels out of step disable the comm. */
@@ -198,6 +212,16 @@ static lh_status lh_check_header(struct lh_request_s *r) {
   if (h->magic != LH_MSG_MAGIC)
     return lh_error(LH_ERR_CORRUPT, "message header from rank %d has a bad magic number 0x%08x", r->peer,
                     (unsigned)h->magic);
+  if (r->received) { /* any size up to the capacity */
+    if (h->bytes > r->bytes)
+      return lh_error(LH_ERR_MISMATCH,
+                      "rank %d sent %llu bytes on tag %d, more than the %zu this rank can receive "
+                      "(mismatched configs across ranks?)",
+                      r->peer, (unsigned long long)h->bytes, r->tag, r->bytes);
+    r->bytes = (size_t)h->bytes;
+    r->nchunks = r->bytes ? (int)((r->bytes + r->chunk_bytes - 1) / r->chunk_bytes) : 0;
+    return LH_SUCCESS;
+  }
   if (h->bytes != r->bytes)
     return lh_error(LH_ERR_MISMATCH,
                     "rank %d sent %llu bytes on tag %d but this rank posted a receive of %zu bytes "
@@ -347,6 +371,8 @@ static lh_status lh_request_finish(lh_request *request) {
   lh_status st = r->status;
   if (st == LH_SUCCESS && r->kind == LH_REQ_RECV) {
     r->comm->bytes_received[r->peer] += r->bytes;
+    if (r->received)
+      *r->received = r->bytes;
     if (r->stage == LH_STAGE_HOST)
       st = lh_copy_to_device(r->user_buf, r->wire_buf, r->bytes);
   }

@@ -31,6 +31,7 @@ static lh_status lh_sim_alloc(int n, int me, lh_sim **out) {
   s->bandwidth = lh_calloc((size_t)n * n, sizeof(double), "simulated bandwidths");
   s->uplink = lh_calloc((size_t)n, sizeof(double), "simulated uplinks");
   s->link_free = lh_calloc((size_t)n, sizeof(double), "simulated link clocks");
+  pthread_mutex_init(&s->lock, NULL);
   if (!s->latency || !s->bandwidth || !s->uplink || !s->link_free) {
     lh_sim_release(s);
     return LH_ERR_OUT_OF_MEMORY;
@@ -133,11 +134,13 @@ void lh_sim_release(lh_sim *sim) {
   free(sim->bandwidth);
   free(sim->uplink);
   free(sim->link_free);
+  pthread_mutex_destroy(&sim->lock);
   lh_links_free(sim->links);
   free(sim);
 }
 
 void lh_sim_book(lh_sim *sim, int to, size_t bytes, double *depart, double *arrive) {
+  pthread_mutex_lock(&sim->lock);
   double now = lh_now();
   size_t k = (size_t)sim->me * sim->n + to;
   double bw = sim->bandwidth[k];
@@ -156,4 +159,5 @@ void lh_sim_book(lh_sim *sim, int to, size_t bytes, double *depart, double *arri
   sim->link_free[to] = *depart;
   if (cap > 0)
     sim->uplink_free = *depart;
+  pthread_mutex_unlock(&sim->lock);
 }

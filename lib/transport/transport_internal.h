@@ -12,6 +12,7 @@
 #define LH_TRANSPORT_INTERNAL_H
 
 #include <mpi.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <longhaul/transport.h>
 
@@ -23,6 +24,8 @@ enum {
   LH_TAG_BCAST,
   LH_TAG_RING,
   LH_TAG_PROBE,
+  LH_TAG_COMPRESSED,        /* frames of the compressed all-reduce algorithms */
+  LH_TAG_COMPRESSED_GATHER, /* the owners' frames of the owner reduce (its phase 2) */
   LH_TAG_LIMIT /* first tag never used */
 };
 
@@ -69,6 +72,7 @@ typedef struct lh_sim {
   double *uplink;     /* n bytes/s, 0 = no NIC cap */
   double *link_free;  /* n: when my link to each peer is next free */
   double uplink_free; /* when my NIC is next free (with a cap) */
+  pthread_mutex_t lock; /* booking: a reducer's worker thread books on a child communicator */
   lh_links *links;    /* the configured model, as a link matrix */
   char description[160];
 } lh_sim;
@@ -98,7 +102,8 @@ struct lh_request_s {
   struct lh_comm_s *comm;
   lh_req_kind kind;
   int peer, tag;
-  size_t bytes;
+  size_t bytes;       /* receives posted with lh_irecv_upto: the capacity, then the size sent */
+  size_t *received;   /* lh_irecv_upto: where the size sent is stored; NULL otherwise */
   void *user_buf;     /* the caller's buffer */
   char *wire_buf;     /* what the backend reads/writes: user_buf or the staging buffer */
   lh_stage_kind stage;
@@ -142,6 +147,8 @@ struct lh_comm_s {
   size_t scratch_bytes;
   lh_status broken;         /* set after a failure that desynchronises the channels */
   char broken_reason[256];
+  int exclusive;            /* progressed only by the thread that owns it (a reducer's worker),
+                               never by lh_progress_all from other threads */
   struct lh_request_s *head, *tail; /* active requests in posting order */
   struct lh_comm_s *next_live;      /* process-wide list, for progress across communicators */
 };
@@ -157,8 +164,15 @@ lh_status lh_comm_scratch(struct lh_comm_s *comm, size_t bytes, void **scratch);
 /* The pause between polls of something MPI must progress, by how many polls came before:
  * none at first, then a yield, then 50 us sleeps. */
 void lh_poll_pause(int polls);
-/* Advances every live communicator: tests posted work, posts queued chunks. */
+/* Advances every live communicator: tests posted work, posts queued chunks. On a thread that
+ * set a progress scope, only that communicator. */
 lh_status lh_progress_all(void);
+/* Makes this thread's lh_progress_all advance only comm (NULL: every non-exclusive one). */
+void lh_progress_scope(struct lh_comm_s *comm);
+/* A receive of at most `capacity` bytes: any size up to it is accepted, and the size sent is
+ * stored in *received when the request completes (frames whose length depends on the data). */
+lh_status lh_irecv_upto(lh_comm comm, void *buf, size_t capacity, size_t *received, int peer, int tag,
+                        lh_request *request);
 /* Validates a communicator handle and that it is usable. */
 lh_status lh_comm_check(lh_comm comm, const char *fn);
 /* Records that comm can no longer be used, with the reason. */
