@@ -122,15 +122,7 @@ static lh_status lh_compressed_once(lh_engine *e, const float *sendbuf, float *r
   int on_device = lh_is_device_pointer(recvbuf);
   e->on_device = on_device;
   LH_CHECK(lh_copy_f32(on_device, recvbuf, sendbuf, count));
-  switch (e->algo) {
-  case LH_ALLREDUCE_QRING: LH_CHECK(lh_qring_allreduce(e, recvbuf, count, NULL)); break;
-  case LH_ALLREDUCE_SHARED_RING: LH_CHECK(lh_shared_ring_allreduce(e, recvbuf, count, NULL)); break;
-  case LH_ALLREDUCE_OWNER: LH_CHECK(lh_owner_allreduce(e, recvbuf, count, NULL)); break;
-  default: LH_CHECK(lh_allgather_allreduce(e, recvbuf, count, NULL)); break;
-  }
-  if (e->cfg.op == LH_OP_MEAN && e->comm->size > 1)
-    LH_CHECK(lh_reduce_div(on_device, recvbuf, (float)e->comm->size, count));
-  return LH_SUCCESS;
+  return lh_engine_run(e, recvbuf, count, NULL);
 }
 
 static lh_status lh_plain_allreduce(lh_comm comm, const float *sendbuf, float *recvbuf, size_t count,

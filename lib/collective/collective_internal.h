@@ -130,6 +130,10 @@ lh_status lh_shared_ring_allreduce(lh_engine *e, float *data, size_t count, floa
 lh_status lh_owner_allreduce(lh_engine *e, float *data, size_t count, float *err);
 lh_status lh_allgather_allreduce(lh_engine *e, float *data, size_t count, float *err);
 
+/* QRING, SHARED_RING, OWNER or ALLGATHER (e->algo) on data[0..count), then the division of
+ * the mean: the result every rank gets. */
+lh_status lh_engine_run(lh_engine *e, float *data, size_t count, float *err);
+
 /* PowerSGD state of one matrix, kept by the reducer between steps. */
 typedef struct lh_psgd_state {
   size_t rows, cols;

@@ -373,3 +373,17 @@ lh_status lh_engine_decode(lh_engine *e, const void *frame, size_t bytes, float 
     lh_error_context(st, "decoding elements %zu..%zu", offset, offset + n);
   return st;
 }
+
+lh_status lh_engine_run(lh_engine *e, float *data, size_t count, float *err) {
+  switch (e->algo) {
+  case LH_ALLREDUCE_QRING: LH_CHECK(lh_qring_allreduce(e, data, count, err)); break;
+  case LH_ALLREDUCE_SHARED_RING: LH_CHECK(lh_shared_ring_allreduce(e, data, count, err)); break;
+  case LH_ALLREDUCE_OWNER: LH_CHECK(lh_owner_allreduce(e, data, count, err)); break;
+  case LH_ALLREDUCE_ALLGATHER: LH_CHECK(lh_allgather_allreduce(e, data, count, err)); break;
+  default:
+    return lh_error(LH_ERR_INTERNAL, "lh_engine_run: algorithm %s is not a bucket algorithm", algo_name(e->algo));
+  }
+  if (e->cfg.op == LH_OP_MEAN && e->comm->size > 1 && count > 0)
+    LH_CHECK(lh_reduce_div(e->on_device, data, (float)e->comm->size, count));
+  return LH_SUCCESS;
+}

@@ -165,9 +165,7 @@ lh_status lh_reducer_create(lh_comm comm, const lh_allreduce_config *config, lh_
 
 /* ---- the work ---------------------------------------------------------------------------- */
 
-static lh_status ensure_bucket(lh_reducer r, size_t floats, int on_device) {
-  if (floats <= r->bucket_floats && on_device == r->bucket_on_device)
-    return LH_SUCCESS;
+static void free_buckets(lh_reducer r) {
   if (r->bucket_on_device) {
     lh_device_free(r->bucket);
     lh_device_free(r->errbucket);
@@ -176,6 +174,12 @@ static lh_status ensure_bucket(lh_reducer r, size_t floats, int on_device) {
     free(r->errbucket);
   }
   r->bucket = r->errbucket = NULL;
+}
+
+static lh_status ensure_bucket(lh_reducer r, size_t floats, int on_device) {
+  if (floats <= r->bucket_floats && on_device == r->bucket_on_device)
+    return LH_SUCCESS;
+  free_buckets(r);
   r->bucket_floats = 0;
   r->bucket_on_device = on_device;
   if (on_device) {
@@ -216,7 +220,7 @@ static lh_status plain_allreduce(lh_reducer r, float *data, size_t count, lh_all
 
 /* QRING, SHARED_RING, OWNER, ALLGATHER on the packed bucket (or the tensor itself when alone):
  * v = x + residual, run, then the residuals take what this rank's encodes missed. */
-static lh_status bucket_step(lh_reducer r, lh_allreduce_algo algo, int on_device, int ef, size_t total) {
+static lh_status bucket_step(lh_reducer r, int on_device, int ef, size_t total) {
   lh_engine *e = &r->e;
   float *v, *err = NULL;
   int alone = r->nwork == 1;
@@ -242,14 +246,7 @@ static lh_status bucket_step(lh_reducer r, lh_allreduce_algo algo, int on_device
       LH_CHECK(lh_zero_f32(on_device, err, total));
     }
   }
-  switch (algo) {
-  case LH_ALLREDUCE_QRING: LH_CHECK(lh_qring_allreduce(e, v, total, err)); break;
-  case LH_ALLREDUCE_SHARED_RING: LH_CHECK(lh_shared_ring_allreduce(e, v, total, err)); break;
-  case LH_ALLREDUCE_OWNER: LH_CHECK(lh_owner_allreduce(e, v, total, err)); break;
-  default: LH_CHECK(lh_allgather_allreduce(e, v, total, err)); break;
-  }
-  if (r->cfg.op == LH_OP_MEAN && r->comm->size > 1)
-    LH_CHECK(lh_reduce_div(on_device, v, (float)r->comm->size, total));
+  LH_CHECK(lh_engine_run(e, v, total, err));
   if (!alone) {
     size_t off = 0;
     for (int i = 0; i < r->nwork; i++) {
@@ -378,6 +375,7 @@ static lh_status do_work(lh_reducer r) {
   e->on_device = on_device;
   e->step = r->step;
   lh_allreduce_algo algo = lh_engine_choose(e, total);
+  e->algo = algo; /* the same on every rank: chosen from the agreed config and total */
   r->stats.last_algo = algo;
   int warm = r->step < (uint64_t)e->cfg.warmup_steps;
   int ef = e->cfg.error_feedback && e->cfg.codec != LH_CODEC_NONE && !warm;
@@ -408,7 +406,7 @@ static lh_status do_work(lh_reducer r) {
   }
   if (algo == LH_ALLREDUCE_POWERSGD)
     return powersgd_step(r, on_device, ef);
-  return bucket_step(r, algo, on_device, ef, total);
+  return bucket_step(r, on_device, ef, total);
 }
 
 static void run_work(lh_reducer r) {
@@ -667,13 +665,7 @@ lh_status lh_reducer_free(lh_reducer r) {
   free(r->tab);
   free(r->work);
   free(r->work_entry);
-  if (r->bucket_on_device) {
-    lh_device_free(r->bucket);
-    lh_device_free(r->errbucket);
-  } else {
-    free(r->bucket);
-    free(r->errbucket);
-  }
+  free_buckets(r);
   lh_engine_release(&r->e);
   lh_status destroyed = lh_comm_destroy(r->comm);
   free(r);

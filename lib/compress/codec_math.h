@@ -176,7 +176,11 @@ LH_HD float lh_round_even(float t) {
  * at FLT_MAX: a tiny fp32 scale would overflow it to infinity, and 0 * inf is NaN. */
 LH_HD float lh_quant_inv_scale(float s, int max_code) {
   float inv = s > 0.0f ? LH_FDIV(0.5f * (float)max_code, s) : 0.0f;
-  return inv > 3.402823466e38f ? 3.402823466e38f : inv;
+  /* fminf, not a compare and branch: gcc 13.3's floating-point range propagation threads the
+   * branch and miscompiles the caller's s / max_code on the capped path (seen on Ubuntu 24.04:
+   * 1-bit blockq error feedback on subnormal blocks left the residual undecremented). inv is
+   * never NaN here, so fminf is the same function on CPU and GPU. */
+  return fminf(inv, 3.402823466e38f);
 }
 
 /* One element's code. `bits32` is its random word (ignored for round to nearest). */
