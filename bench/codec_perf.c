@@ -29,7 +29,7 @@ void lh_codec_perf_header(void) {
     printf("codec,params,device,size_B,count,enc_GBps,dec_GBps,ratio,relerr,moved_B_per_elem,copy_frac,wrong\n");
     return;
   }
-  printf("#%11s %-22s %-10s %12s %10s %9s %9s %8s %9s %7s %6s %7s\n", "codec", "params", "device",
+  printf("#%11s %-22s %-12s %12s %10s %9s %9s %8s %9s %7s %6s %7s\n", "codec", "params", "device",
          "size(B)", "count", "enc(GB/s)", "dec(GB/s)", "ratio", "relerr", "moved", "copy%", "#wrong");
 }
 
@@ -45,7 +45,7 @@ void lh_codec_perf_print(const lh_codec_perf_row *r) {
     printf("%s,%s,%s,%zu,%zu,%.3f,%s,%.3f,%.3e,%s,%s,%ld\n", r->codec, r->params, r->device, r->bytes,
            r->bytes / 4, r->enc_gbps, dec, r->ratio, r->relerr, moved, frac, r->wrong);
   else
-    printf(" %11s %-22s %-10.10s %12zu %10zu %9.2f %9s %8.2f %9.2e %7s %6s %7ld\n", r->codec, r->params,
+    printf(" %11s %-22s %-12.12s %12zu %10zu %9.2f %9s %8.2f %9.2e %7s %6s %7ld\n", r->codec, r->params,
            r->device, r->bytes, r->bytes / 4, r->enc_gbps, dec, r->ratio, r->relerr, moved, frac, r->wrong);
   fflush(stdout);
 }
