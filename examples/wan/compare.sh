@@ -2,8 +2,9 @@
 # compare.sh - our ring all-reduce against Open MPI's MPI_Allreduce on real shaped links.
 #
 # Brings the namespace testbed up (testbed.sh, next to this script) when it is not up, runs
-# allreduce_perf twice across it (--algo ring, then --algo mpi), prints both tables and a
-# side-by-side summary.  Tears the testbed down at the end only if it brought it up.
+# allreduce_perf twice across it (--algo ring, then --algo mpi), then once per --codec asked
+# for (the compressed all-reduce, e.g. int8 and top1%), prints every table and a side-by-side
+# summary.  Tears the testbed down at the end only if it brought it up.
 set -euo pipefail
 
 PROG=${0##*/}
@@ -16,12 +17,14 @@ usage() {
 Usage: $PROG [OPTIONS] [-- EXTRA-BENCHMARK-ARGS...]
 
 Run allreduce_perf with --algo ring and with --algo mpi on the namespace testbed (root only)
-and compare the times.
+and compare the times; with --codec, also the compressed all-reduce against both.
 
 Options:
   --hosts N        hosts (ranks) when the testbed has to be brought up (default 4)
   --rate R[,R...]  uplink rate per host as a tc rate, the last one repeating (default
                    100mbit); e.g. --rate 100mbit,100mbit,400mbit
+  --codec C[,C..]  also run allreduce_perf --codec C (any of its codecs or presets: int8,
+                   top1%, bf16, ...; repeatable) and compare it with mpi and ring
   --bench PATH     the benchmark (default: build/bench/allreduce_perf under the repository
                    root, $ROOT)
   --keep           leave the testbed up at the end (only matters when $PROG brought it up)
@@ -37,7 +40,9 @@ If a testbed is already up (same LH_TESTBED_PREFIX) it is used as it is; an expl
 or --rate that disagrees with it is an error (run 'testbed.sh down' first).  LH_* variables
 (e.g. LH_SIM_LAT=50ms to add simulated latency, which the kernel cannot do here) reach every
 rank.  The summary's ratio is mpi time / ring time (above 1: the ring is faster); 'ideal' is
-the bandwidth-only ring time 2(n-1)/n * size / slowest uplink rate.
+the bandwidth-only ring time 2(n-1)/n * size / slowest uplink rate.  Each --codec C adds the
+columns C(us), mpi/C and ring/C: the speed-up of the compressed all-reduce (through the
+reducer, error feedback on) over MPI_Allreduce and over the uncompressed ring.
 
 Exit status: 0 both runs gave rows, 1 a run failed or printed no rows, 2 bad arguments,
 77 not root or no network namespaces here.
@@ -51,7 +56,7 @@ bad() { printf '%s: %s (see %s --help)\n' "$PROG" "$*" "$PROG" >&2; exit 2; }
 hosts=4 rate=100mbit hosts_set=0 rate_set=0 keep=0
 bench=$ROOT/build/bench/allreduce_perf bench_set=0
 minb=16M maxb=64M factor=2 iters=2 warmup=1
-extra=()
+extra=() codecs=()
 
 need_val() { (($2 >= 2)) || bad "option $1 needs a value"; }
 while (($# > 0)); do
@@ -61,6 +66,8 @@ while (($# > 0)); do
     --hosts=*) hosts=${1#*=}; hosts_set=1; shift ;;
     --rate) need_val "$1" $#; rate=$2; rate_set=1; shift 2 ;;
     --rate=*) rate=${1#*=}; rate_set=1; shift ;;
+    --codec) need_val "$1" $#; IFS=, read -r -a more <<<"$2"; codecs+=("${more[@]}"); shift 2 ;;
+    --codec=*) IFS=, read -r -a more <<<"${1#*=}"; codecs+=("${more[@]}"); shift ;;
     --bench) need_val "$1" $#; bench=$2; bench_set=1; shift 2 ;;
     --bench=*) bench=${1#*=}; bench_set=1; shift ;;
     --keep) keep=1; shift ;;
@@ -88,6 +95,9 @@ for v in "$minb" "$maxb"; do
 done
 for v in "$factor" "$iters" "$warmup"; do
   [[ $v =~ ^[0-9]+$ ]] || bad "'$v' must be a non-negative integer"
+done
+for c in "${codecs[@]+"${codecs[@]}"}"; do
+  [[ $c =~ ^[A-Za-z0-9.%_-]+$ ]] || bad "codec '$c' is not a codec name such as int8 or top1%"
 done
 
 if [[ ! -x $bench ]]; then
@@ -174,29 +184,32 @@ for r in "${rates[@]:0:$hosts}"; do
   if [[ -z $min_bits ]] || ((b < min_bits)); then min_bits=$b; fi
 done
 
-# ---- the two runs ---------------------------------------------------------------------------
+# ---- the runs: ring, mpi, then one per codec -------------------------------------------------
 failed=0
-for algo in ring mpi; do
-  say "allreduce_perf --algo $algo on $hosts hosts"
-  echo "# ===== --algo $algo: $hosts hosts, uplinks ${rates[*]:0:$hosts} ====="
+runs=("--algo ring" "--algo mpi")
+for c in "${codecs[@]+"${codecs[@]}"}"; do runs+=("--codec $c"); done
+for ((k = 0; k < ${#runs[@]}; k++)); do
+  read -r -a args <<<"${runs[$k]}" # "--algo ring", "--codec top1%": no blanks inside a word
+  say "allreduce_perf ${runs[$k]} on $hosts hosts"
+  echo "# ===== ${runs[$k]}: $hosts hosts, uplinks ${rates[*]:0:$hosts} ====="
   rc=0
-  : >"$tmp/$algo.out" # exists before tail opens it; the run below appends from its start
-  bash "$TESTBED" run -- "$bench" --algo "$algo" -b "$minb" -e "$maxb" -f "$factor" -n "$iters" \
-    -w "$warmup" "${extra[@]+"${extra[@]}"}" >>"$tmp/$algo.out" 2>&1 &
+  : >"$tmp/$k.out" # exists before tail opens it; the run below appends from its start
+  bash "$TESTBED" run -- "$bench" "${args[@]}" -b "$minb" -e "$maxb" -f "$factor" -n "$iters" \
+    -w "$warmup" "${extra[@]+"${extra[@]}"}" >>"$tmp/$k.out" 2>&1 &
   CHILD=$!
-  tail -n +1 -f --pid="$CHILD" "$tmp/$algo.out" &
+  tail -n +1 -f --pid="$CHILD" "$tmp/$k.out" &
   wait "$CHILD" || rc=$?
   CHILD=
   wait # for tail, which ends with the run
   if ((rc != 0)); then
-    say "the --algo $algo run failed (exit $rc)"
+    say "the ${runs[$k]} run failed (exit $rc)"
     failed=1
   fi
   # data rows: not '#', first field a size; keep size and time(us) (6th column)
   awk '!/^[[:space:]]*#/ && $1 ~ /^[0-9]+$/ && NF >= 6 && $6 ~ /^[0-9.eE+-]+$/ { print $1, $6 }' \
-    "$tmp/$algo.out" >"$tmp/$algo.rows"
-  if [[ ! -s $tmp/$algo.rows ]]; then
-    say "the --algo $algo run printed no result rows"
+    "$tmp/$k.out" >"$tmp/$k.rows"
+  if [[ ! -s $tmp/$k.rows ]]; then
+    say "the ${runs[$k]} run printed no result rows"
     failed=1
   fi
   echo
@@ -205,23 +218,32 @@ done
 # ---- summary --------------------------------------------------------------------------------
 echo "# ===== summary: $hosts hosts, uplinks ${rates[*]:0:$hosts}${LH_SIM_LAT:+, LH_SIM_LAT=$LH_SIM_LAT} ====="
 echo "# ratio = mpi / ring (above 1: ring faster); ideal = 2(n-1)/n * size / slowest uplink"
-awk -v n="$hosts" -v bits="$min_bits" '
-  FILENAME == ARGV[1] { ring[$1] = $2 }
-  FILENAME == ARGV[2] { mpi[$1] = $2 }
+((${#codecs[@]} == 0)) ||
+  echo "# per codec C: C(us), and mpi/C and ring/C = the speed-up of --codec C over mpi and over ring"
+rowfiles=()
+for ((k = 0; k < ${#runs[@]}; k++)); do rowfiles+=("$tmp/$k.rows"); done
+awk -v n="$hosts" -v bits="$min_bits" -v names="${codecs[*]+"${codecs[*]}"}" '
+  BEGIN { nc = split(names, codec, " "); for (a = 1; a < ARGC; a++) file[ARGV[a]] = a - 1 }
+  { t[file[FILENAME], $1] = $2 }   # file 0: ring, 1: mpi, 2..: the codecs in order
   !($1 in seen) { seen[$1] = 1; order[++k] = $1 }
+  function cell(f, s) { return ((f, s) in t) ? sprintf("%.1f", t[f, s]) : "-" }
+  function quot(a, b, s) { return ((a, s) in t && (b, s) in t && t[b, s] > 0) ? sprintf("%.2f", t[a, s] / t[b, s]) : "-" }
   END {
-    printf "%14s %14s %14s %8s %14s %9s %9s\n", "size(B)", "ring(us)", "mpi(us)", "ratio",
+    printf "%14s %14s %14s %8s %14s %9s %9s", "size(B)", "ring(us)", "mpi(us)", "ratio",
            "ideal(us)", "ring/ideal", "mpi/ideal"
+    for (c = 1; c <= nc; c++)
+      printf " %14s %9s %9s", codec[c] "(us)", "mpi/" codec[c], "ring/" codec[c]
+    printf "\n"
     for (i = 1; i <= k; i++) {
       s = order[i]
       ideal = 2 * (n - 1) / n * s * 8 / bits * 1e6
-      r = (s in ring) ? sprintf("%.1f", ring[s]) : "-"
-      m = (s in mpi) ? sprintf("%.1f", mpi[s]) : "-"
-      ratio = ((s in ring) && (s in mpi) && ring[s] > 0) ? sprintf("%.2f", mpi[s] / ring[s]) : "-"
-      ri = (s in ring) ? sprintf("%.2f", ring[s] / ideal) : "-"
-      mi = (s in mpi) ? sprintf("%.2f", mpi[s] / ideal) : "-"
-      printf "%14s %14s %14s %8s %14.1f %9s %9s\n", s, r, m, ratio, ideal, ri, mi
+      ri = ((0, s) in t) ? sprintf("%.2f", t[0, s] / ideal) : "-"
+      mi = ((1, s) in t) ? sprintf("%.2f", t[1, s] / ideal) : "-"
+      printf "%14s %14s %14s %8s %14.1f %9s %9s", s, cell(0, s), cell(1, s), quot(1, 0, s), ideal, ri, mi
+      for (c = 1; c <= nc; c++)
+        printf " %14s %9s %9s", cell(c + 1, s), quot(1, c + 1, s), quot(0, c + 1, s)
+      printf "\n"
     }
-  }' "$tmp/ring.rows" "$tmp/mpi.rows"
+  }' "${rowfiles[@]}"
 
 exit "$failed"

@@ -94,7 +94,9 @@ typedef struct lh_allreduce_config {
   int version;            /* LH_VERSION_CODE */
   lh_allreduce_algo algo; /* default LH_ALLREDUCE_AUTO */
   lh_reduce_op op;        /* default LH_OP_SUM */
-  size_t chunk_bytes;     /* pipeline chunk of the ring (of fp32 data); 0: LH_RING_CHUNK_BYTES */
+  size_t chunk_bytes;     /* pipeline chunk of the ring (of fp32 data); 0: LH_RING_CHUNK_BYTES.
+                             Compressed algorithms grow a chunk until its frame carries at
+                             least chunk_bytes / 4 bytes */
   /* ---- compression (experimental) ---- */
   lh_codec_id codec;      /* default LH_CODEC_NONE */
   int bits;               /* BLOCKQ 1-8, SHAREDQ 2-8; 0: 8 */

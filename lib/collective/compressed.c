@@ -253,7 +253,17 @@ lh_status lh_engine_init(lh_engine *e, lh_comm comm, const lh_allreduce_config *
   default:
     e->granule = 1;
   }
+  /* A piece holds chunk_bytes of fp32, grown until its frame is a quarter of that: a frame
+   * of a few kilobytes (top-1% of 256K floats is 16 KB) costs the sender and the receiver a
+   * wake-up each, and on a busy host those, not the wire, would set the pace. */
   size_t piece = e->cfg.chunk_bytes / sizeof(float);
+  if (e->enc) {
+    size_t frame = lh_engine_max_frame(e, piece), target = e->cfg.chunk_bytes / 4;
+    if (frame > 0 && frame < target) {
+      double grown = (double)piece * (double)target / (double)frame;
+      piece = grown < (double)((size_t)1 << 28) ? (size_t)grown : (size_t)1 << 28;
+    }
+  }
   e->piece_elems = (piece + e->granule - 1) / e->granule * e->granule;
   return LH_SUCCESS;
 fail:

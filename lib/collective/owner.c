@@ -12,65 +12,16 @@
  * The transport pairs the messages between two ranks by order, whatever their tags, so every
  * receive is posted in exactly the order its sender produces the message.
  *
- * Sends go through one queue with one message on the wire at a time, in the order they were
- * produced: a rank has one uplink, and posting to n-1 peers at once would let simulated links
- * without a NIC cap carry n-1 times what a real host can. Pieces are pipelined: phase 1 of
- * piece j+1 travels while the owner reduces piece j and phase 2 of piece j travels. */
+ * Every frame is posted as soon as it exists, through lh_isend_nic: a rank has one uplink, so
+ * on simulated links (where each pair of ranks is a link of its own, with no NIC cap unless a
+ * link file sets one) each frame departs after the previous one instead of n-1 of them
+ * sharing nothing; real links get that from the NIC. Pieces are pipelined: phase 1 of piece
+ * j+1 travels while the owner reduces piece j and phase 2 of piece j travels. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "collective/collective_internal.h"
 #include "transport/transport_internal.h"
-
-typedef struct {
-  const unsigned char *frame;
-  size_t bytes;
-  int peer, tag;
-} outmsg;
-
-/* The uplink: messages leave in order, one at a time. */
-typedef struct {
-  outmsg *q;
-  size_t head, tail, cap;
-  lh_request active;
-} sendq;
-
-static lh_status sendq_push(sendq *s, const unsigned char *frame, size_t bytes, int peer, int tag) {
-  if (s->tail == s->cap)
-    return lh_error(LH_ERR_INTERNAL, "all-reduce send queue overflow (%zu messages)", s->cap);
-  s->q[s->tail++] = (outmsg){frame, bytes, peer, tag};
-  return LH_SUCCESS;
-}
-
-/* Completes the message on the wire if it is done and posts the next one; *moved = 1 when
- * anything changed. */
-static lh_status sendq_pump(lh_engine *e, sendq *s, int *moved) {
-  if (s->active) {
-    int done = 0;
-    LH_CHECK(lh_test(&s->active, &done));
-    if (!done)
-      return LH_SUCCESS;
-    *moved = 1;
-  }
-  if (s->head < s->tail) {
-    outmsg *m = &s->q[s->head++];
-    e->wire_bytes += m->bytes;
-    LH_CHECK(lh_isend(e->comm, m->frame, m->bytes, m->peer, m->tag, &s->active));
-    *moved = 1;
-  }
-  return LH_SUCCESS;
-}
-
-/* Sends what is left, in order. */
-static lh_status sendq_drain(lh_engine *e, sendq *s) {
-  while (s->active || s->head < s->tail) {
-    int moved = 0;
-    LH_CHECK(sendq_pump(e, s, &moved));
-    if (s->active)
-      LH_CHECK(lh_wait(&s->active));
-  }
-  return LH_SUCCESS;
-}
 
 typedef struct {
   lh_engine *e;
@@ -87,9 +38,19 @@ typedef struct {
   unsigned char *mine, *in, *owned, *out;
   size_t *mine_bytes, *in_bytes, *owned_bytes, *out_bytes;
   lh_request *in_req, *out_req;
+  lh_request *send_req; /* every send, in posting order */
+  size_t sends, send_cap;
+  double nic_free;      /* when this rank's simulated uplink is next free */
   float *tmp;
-  sendq sq;
 } owner;
+
+/* Posts a frame at once; on simulated links it leaves after the previous one (one uplink). */
+static lh_status post(owner *g, const unsigned char *frame, size_t bytes, int peer, int tag) {
+  if (g->sends == g->send_cap)
+    return lh_error(LH_ERR_INTERNAL, "all-reduce: more than %zu sends", g->send_cap);
+  g->e->wire_bytes += bytes;
+  return lh_isend_nic(g->e->comm, frame, bytes, peer, tag, &g->nic_free, &g->send_req[g->sends++]);
+}
 
 static size_t at_piece(const owner *g, int seg, int j) { return (size_t)seg * g->lay.pieces + j; }
 
@@ -101,27 +62,6 @@ static lh_status encode_mine(owner *g, int seg, int j, size_t at, size_t len) {
     return LH_SUCCESS;
   LH_CHECK(lh_engine_decode(g->e, frame, g->mine_bytes[k], g->tmp, len, at, 0));
   return lh_residual_add(g->e->on_device, g->err + at, g->data + at, g->tmp, len);
-}
-
-/* Waits for one request while keeping the uplink busy; honours the communicator's timeout. */
-static lh_status wait_pumping(owner *g, lh_request *req, const char *what, int src, int seg, int j) {
-  double deadline = lh_now() + g->e->comm->timeout_s;
-  for (int polls = 0;; polls++) {
-    int moved = 0, done = 0;
-    LH_CHECK(sendq_pump(g->e, &g->sq, &moved));
-    LH_CHECK(lh_test(req, &done));
-    if (done)
-      return LH_SUCCESS;
-    if (lh_now() > deadline) {
-      char reason[200];
-      snprintf(reason, sizeof reason, "timed out after %g s (LH_TIMEOUT_S) waiting for %s of segment %d piece %d from rank %d",
-               g->e->comm->timeout_s, what, seg, j, src);
-      lh_comm_break(g->e->comm, LH_ERR_TIMEOUT, reason);
-      return lh_error(LH_ERR_TIMEOUT, "%s", reason);
-    }
-    if (!moved)
-      lh_poll_pause(polls);
-  }
 }
 
 /* OWNER, piece j of my segment: the ranks' values summed in rank order 0..n-1 (mine in fp32 as
@@ -141,7 +81,7 @@ static lh_status owner_reduce(owner *g, int j) {
       continue;
     }
     size_t k = at_piece(g, src, j);
-    LH_CHECK(wait_pumping(g, &g->in_req[k], "its phase-1 frame", src, me, j));
+    LH_CHECK(lh_wait(&g->in_req[k]));
     LH_CHECK(lh_engine_decode(g->e, g->in + k * g->cap, g->in_bytes[k], sum, len, at, src > 0));
   }
   unsigned char *frame = g->owned + (size_t)j * g->cap;
@@ -155,7 +95,7 @@ static lh_status owner_reduce(owner *g, int j) {
     LH_CHECK(lh_engine_decode(g->e, frame, g->owned_bytes[j], g->data + at, len, at, 0));
   }
   for (int d = 1; d < n; d++)
-    LH_CHECK(sendq_push(&g->sq, frame, g->owned_bytes[j], (me + d) % n, LH_TAG_COMPRESSED_GATHER));
+    LH_CHECK(post(g, frame, g->owned_bytes[j], (me + d) % n, LH_TAG_COMPRESSED_GATHER));
   return LH_SUCCESS;
 }
 
@@ -190,9 +130,7 @@ static lh_status run_owner(owner *g) {
         continue;
       LH_CHECK(encode_mine(g, to, j, at, len));
       size_t k = at_piece(g, to, j);
-      LH_CHECK(sendq_push(&g->sq, g->mine + k * g->cap, g->mine_bytes[k], to, LH_TAG_COMPRESSED));
-      int moved = 0;
-      LH_CHECK(sendq_pump(g->e, &g->sq, &moved));
+      LH_CHECK(post(g, g->mine + k * g->cap, g->mine_bytes[k], to, LH_TAG_COMPRESSED));
     }
     if (j > 0)
       LH_CHECK(owner_reduce(g, j - 1));
@@ -207,10 +145,10 @@ static lh_status run_owner(owner *g) {
       if (len == 0)
         continue;
       size_t k = at_piece(g, src, j);
-      LH_CHECK(wait_pumping(g, &g->out_req[k], "its owner's frame", src, src, j));
+      LH_CHECK(lh_wait(&g->out_req[k]));
       LH_CHECK(lh_engine_decode(g->e, g->out + k * g->cap, g->out_bytes[k], g->data + at, len, at, 0));
     }
-  return sendq_drain(g->e, &g->sq);
+  return lh_waitall((int)g->sends, g->send_req);
 }
 
 /* ALLGATHER: in[src][seg][piece] holds rank src's frame of (seg, piece); mine is in[me]. */
@@ -250,9 +188,7 @@ static lh_status run_gather(owner *g) {
         LH_CHECK(lh_residual_add(g->e->on_device, g->err + at, g->data + at, g->tmp, len));
       }
       for (int d = 1; d < n; d++)
-        LH_CHECK(sendq_push(&g->sq, frame, *bytes, (me + d) % n, LH_TAG_COMPRESSED));
-      int moved = 0;
-      LH_CHECK(sendq_pump(g->e, &g->sq, &moved));
+        LH_CHECK(post(g, frame, *bytes, (me + d) % n, LH_TAG_COMPRESSED));
     }
   /* Each piece is the sum of the n decoded frames in rank order 0..n-1. */
   for (int j = 0; j < P; j++)
@@ -263,11 +199,11 @@ static lh_status run_gather(owner *g) {
       for (int src = 0; src < n; src++) {
         unsigned char *frame = gathered(g, src, seg, j, &bytes);
         if (src != me)
-          LH_CHECK(wait_pumping(g, &g->in_req[((size_t)src * n + seg) * P + j], "its frame", src, seg, j));
+          LH_CHECK(lh_wait(&g->in_req[((size_t)src * n + seg) * P + j]));
         LH_CHECK(lh_engine_decode(g->e, frame, *bytes, g->data + at, len, at, src > 0));
       }
     }
-  return sendq_drain(g->e, &g->sq);
+  return lh_waitall((int)g->sends, g->send_req);
 }
 
 static lh_status owner_allreduce(lh_engine *e, float *data, size_t count, float *err, int gather) {
@@ -301,9 +237,9 @@ static lh_status owner_allreduce(lh_engine *e, float *data, size_t count, float 
   size_t *lengths = lh_calloc(slots ? slots : 1, sizeof(size_t), "frame lengths");
   g.in_req = lh_calloc(in_slots, sizeof(lh_request), "all-reduce requests");
   g.out_req = lh_calloc(out_slots ? out_slots : 1, sizeof(lh_request), "all-reduce requests");
-  g.sq.cap = gather ? per * (size_t)(n - 1) + 1 : 2 * per * (size_t)(n - 1) + 1;
-  g.sq.q = lh_calloc(g.sq.cap, sizeof(outmsg), "the send queue");
-  if (!lengths || !g.in_req || !g.out_req || !g.sq.q) {
+  g.send_cap = gather ? per * (size_t)(n - 1) + 1 : 2 * per * (size_t)(n - 1) + 1;
+  g.send_req = lh_calloc(g.send_cap, sizeof(lh_request), "all-reduce requests");
+  if (!lengths || !g.in_req || !g.out_req || !g.send_req) {
     st = LH_ERR_OUT_OF_MEMORY;
     goto done;
   }
@@ -333,12 +269,13 @@ done:
   for (size_t i = 0; g.out_req && i < out_slots; i++)
     if (g.out_req[i])
       lh_request_abandon(g.out_req[i]);
-  if (g.sq.active)
-    lh_request_abandon(g.sq.active);
+  for (size_t i = 0; g.send_req && i < g.sends; i++)
+    if (g.send_req[i])
+      lh_request_abandon(g.send_req[i]);
   free(lengths);
   free(g.in_req);
   free(g.out_req);
-  free(g.sq.q);
+  free(g.send_req);
   return st;
 }
 

@@ -145,9 +145,10 @@ static lh_status lh_request_start(lh_comm comm, struct lh_request_s *r, lh_reque
   return LH_SUCCESS;
 }
 
-lh_status lh_isend(lh_comm comm, const void *buf, size_t bytes, int peer, int tag, lh_request *request) {
+static lh_status lh_isend_common(lh_comm comm, const void *buf, size_t bytes, int peer, int tag, double *nic_free,
+                                 lh_request *request, const char *fn) {
   lh_error_clear();
-  LH_CHECK(lh_validate_p2p(comm, buf, bytes, peer, tag, request, "lh_isend"));
+  LH_CHECK(lh_validate_p2p(comm, buf, bytes, peer, tag, request, fn));
   struct lh_request_s *r;
   LH_CHECK(lh_request_new(comm, LH_REQ_SEND, (void *)buf, bytes, peer, tag, &r));
   r->header.magic = LH_MSG_MAGIC;
@@ -156,7 +157,9 @@ lh_status lh_isend(lh_comm comm, const void *buf, size_t bytes, int peer, int ta
   r->header.seq = comm->send_seq[peer]++;
   if (comm->sim && peer != comm->rank) {
     double depart, arrive;
-    lh_sim_book(comm->sim, comm->sim_rank[peer], bytes, &depart, &arrive);
+    lh_sim_book_after(comm->sim, comm->sim_rank[peer], bytes, nic_free ? *nic_free : 0.0, &depart, &arrive);
+    if (nic_free)
+      *nic_free = depart;
     r->not_before = depart;
     r->header.arrive = arrive;
   }
@@ -168,6 +171,17 @@ lh_status lh_isend(lh_comm comm, const void *buf, size_t bytes, int peer, int ta
   comm->bytes_sent[peer] += bytes;
   comm->messages_sent[peer]++;
   return lh_request_start(comm, r, request);
+}
+
+lh_status lh_isend(lh_comm comm, const void *buf, size_t bytes, int peer, int tag, lh_request *request) {
+  return lh_isend_common(comm, buf, bytes, peer, tag, NULL, request, "lh_isend");
+}
+
+lh_status lh_isend_nic(lh_comm comm, const void *buf, size_t bytes, int peer, int tag, double *nic_free,
+                       lh_request *request) {
+  if (!nic_free)
+    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_isend_nic: nic_free must not be NULL");
+  return lh_isend_common(comm, buf, bytes, peer, tag, nic_free, request, "lh_isend_nic");
 }
 
 static lh_status lh_irecv_common(lh_comm comm, void *buf, size_t bytes, size_t *received, int peer, int tag,

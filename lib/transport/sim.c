@@ -140,12 +140,18 @@ void lh_sim_release(lh_sim *sim) {
 }
 
 void lh_sim_book(lh_sim *sim, int to, size_t bytes, double *depart, double *arrive) {
+  lh_sim_book_after(sim, to, bytes, 0.0, depart, arrive);
+}
+
+void lh_sim_book_after(lh_sim *sim, int to, size_t bytes, double earliest, double *depart, double *arrive) {
   pthread_mutex_lock(&sim->lock);
   double now = lh_now();
   size_t k = (size_t)sim->me * sim->n + to;
   double bw = sim->bandwidth[k];
   double cap = sim->uplink[sim->me];
   double start = now > sim->link_free[to] ? now : sim->link_free[to];
+  if (earliest > start)
+    start = earliest;
   if (cap > 0) {
     /* A NIC cap: every outgoing link of this rank queues behind the same NIC. */
     if (sim->uplink_free > start)

@@ -83,6 +83,8 @@ void lh_sim_release(lh_sim *sim);
 /* Books a message of `bytes` on my link to sim rank `to` posted now: returns when its last
  * byte leaves (the send completes) and when it arrives (the receive completes). */
 void lh_sim_book(lh_sim *sim, int to, size_t bytes, double *depart, double *arrive);
+/* The same, starting no earlier than `earliest` (lh_now() seconds). */
+void lh_sim_book_after(lh_sim *sim, int to, size_t bytes, double earliest, double *depart, double *arrive);
 
 /* ---- communicator and requests -------------------------------------------------------- */
 
@@ -169,6 +171,12 @@ void lh_poll_pause(int polls);
 lh_status lh_progress_all(void);
 /* Makes this thread's lh_progress_all advance only comm (NULL: every non-exclusive one). */
 void lh_progress_scope(struct lh_comm_s *comm);
+/* lh_isend for a sender that models one NIC across its peers: on simulated links the message
+ * leaves no earlier than *nic_free, and *nic_free becomes its departure, so messages posted
+ * together to different peers go one after another, as from one real uplink, without the
+ * sender having to wake up between them. On real links it is lh_isend (the NIC does it). */
+lh_status lh_isend_nic(lh_comm comm, const void *buf, size_t bytes, int peer, int tag, double *nic_free,
+                       lh_request *request);
 /* A receive of at most `capacity` bytes: any size up to it is accepted, and the size sent is
  * stored in *received when the request completes (frames whose length depends on the data). */
 lh_status lh_irecv_upto(lh_comm comm, void *buf, size_t capacity, size_t *received, int peer, int tag,
