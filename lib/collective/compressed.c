@@ -94,11 +94,16 @@ static lh_status fit_chunks(const lh_engine *e, lh_codec *c, size_t n) {
   return LH_SUCCESS;
 }
 
-/* With full chunks every frame of up to n elements fits: a fitted frame has no more chunks,
- * and none keeps more than a full chunk's k. */
+/* A frame of up to n elements cut as fit_chunks does has at most ceil(n / topk_chunk) chunks,
+ * none keeping more than a full chunk's k: a frame of n rounded up to whole full chunks bounds
+ * it (n itself would not: the codec keeps fewer of a short last chunk). */
 size_t lh_engine_max_frame(lh_engine *e, size_t n) {
   if (fit_chunks(e, e->enc, SIZE_MAX) != LH_SUCCESS)
     return 0;
+  if (e->cfg.codec == LH_CODEC_TOPK || e->cfg.codec == LH_CODEC_RANDK) {
+    size_t full = (size_t)e->cfg.topk_chunk;
+    n = (n + full - 1) / full * full;
+  }
   return lh_codec_max_wire_bytes(e->enc, n);
 }
 

@@ -1613,6 +1613,26 @@ TEST(CompressedBadInput, InvalidConfigsAreRefused) {
   expect_equal_values(out, rank_order_sum(all_inputs(5, w.size, 1009)), "after refused configs");
 }
 
+TEST(CompressedAllreduce, SparseFramesFitTheirBuffers) {
+  // A frame is cut into equal chunks, so it may keep more than a frame of full chunks with a
+  // short last one: buffers must be sized for that (an owner top-k with zstd once failed here
+  // with "out has 8064 bytes, a frame ... may need 8074"). Counts just past whole chunks.
+  World w;
+  for (lh_codec_id codec : {LH_CODEC_TOPK, LH_CODEC_RANDK})
+    for (lh_allreduce_algo algo : {LH_ALLREDUCE_OWNER, LH_ALLREDUCE_ALLGATHER})
+      for (int zstd : {0, 3})
+        for (size_t count : {(size_t)4097, (size_t)8191, (size_t)12289, (size_t)262147}) {
+          lh_allreduce_config cfg = LH_ALLREDUCE_CONFIG_INIT;
+          cfg.codec = codec;
+          cfg.algo = algo;
+          cfg.zstd_level = zstd;
+          std::vector<float> in = exact_input(31, w.rank, count), out(count, NAN);
+          EXPECT_EQ(lh_allreduce(w.c, in.data(), out.data(), count, &cfg), LH_SUCCESS)
+              << "codec " << codec << " algo " << algo << " zstd " << zstd << " count " << count << ": "
+              << lh_last_error();
+        }
+}
+
 TEST(CompressedBadInput, NonFiniteInputIsAnErrorOnEveryRank) {
   // A NaN on one rank only. The plain ring adds it like any float (every rank gets a NaN); the
   // compressed algorithms check their input before anything is sent, so the rank with the NaN
