@@ -26,7 +26,7 @@
 typedef struct {
   lh_engine *e;
   float *data, *err;
-  int n, rank, gather; /* gather: ALLGATHER, else OWNER */
+  int n, rank;
   lh_layout lay;
   size_t cap;
   /* frames, each of cap bytes:
@@ -213,7 +213,6 @@ static lh_status owner_allreduce(lh_engine *e, float *data, size_t count, float 
   g.err = err;
   g.n = e->comm->size;
   g.rank = e->comm->rank;
-  g.gather = gather;
   if (count == 0)
     return LH_SUCCESS;
   g.lay = lh_layout_make(count, g.n, e->piece_elems);
