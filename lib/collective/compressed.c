@@ -237,7 +237,11 @@ static lh_status resolve_config(const lh_allreduce_config *in, lh_allreduce_conf
 lh_status lh_engine_init(lh_engine *e, lh_comm comm, const lh_allreduce_config *config, size_t count) {
   memset(e, 0, sizeof *e);
   e->comm = comm;
-  LH_CHECK(resolve_config(config, &e->cfg));
+  lh_status bad = resolve_config(config, &e->cfg);
+  if (bad != LH_SUCCESS) { /* the agreement still reads the engine: leave nothing half-set */
+    memset(&e->cfg, 0, sizeof e->cfg);
+    return bad;
+  }
   lh_status st = LH_SUCCESS;
   if (e->cfg.codec != LH_CODEC_NONE || e->cfg.algo == LH_ALLREDUCE_QRING || e->cfg.algo == LH_ALLREDUCE_OWNER ||
       e->cfg.algo == LH_ALLREDUCE_ALLGATHER) {

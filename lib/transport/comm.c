@@ -412,10 +412,11 @@ lh_status lh_comm_agree(lh_comm comm, const long long *values, int count, const 
   lh_agreement *a = lh_calloc(1, sizeof *a, "an argument check");
   if (!a)
     return LH_ERR_OUT_OF_MEMORY;
-  /* One MAX reduction gives both extremes: the max of v and the max of -v. */
+  /* One MAX reduction gives both extremes: the max of v and the max of ~v, which is ~min(v)
+   * (~ is defined for every value; -LLONG_MIN is not). */
   for (int i = 0; i < count; i++) {
     a->local[i] = values[i];
-    a->local[count + i] = -values[i];
+    a->local[count + i] = ~values[i];
   }
   /* Non-blocking, so that a rank that never joins gives LH_ERR_TIMEOUT, not a hang. */
   int rc = MPI_Iallreduce(a->local, a->reduced, 2 * count, MPI_LONG_LONG, MPI_MAX, comm->ctrl, &a->req);
@@ -446,7 +447,7 @@ lh_status lh_comm_agree(lh_comm comm, const long long *values, int count, const 
   }
   lh_status st = LH_SUCCESS;
   for (int i = 0; i < count && st == LH_SUCCESS; i++) {
-    long long hi = a->reduced[i], lo = -a->reduced[count + i];
+    long long hi = a->reduced[i], lo = ~a->reduced[count + i];
     if (lo != hi)
       st = lh_error(LH_ERR_MISMATCH, "%s: ranks passed different %s (from %lld to %lld; this rank %lld)", fn, names[i],
                     lo, hi, values[i]);
