@@ -262,15 +262,9 @@ static lh_status owner_allreduce(lh_engine *e, float *data, size_t count, float 
   if (st != LH_SUCCESS)
     lh_error_context(st, "%s all-reduce of %zu floats on %d ranks", gather ? "allgather" : "owner", count, n);
 done:
-  for (size_t i = 0; g.in_req && i < in_slots; i++)
-    if (g.in_req[i])
-      lh_request_abandon(g.in_req[i]);
-  for (size_t i = 0; g.out_req && i < out_slots; i++)
-    if (g.out_req[i])
-      lh_request_abandon(g.out_req[i]);
-  for (size_t i = 0; g.send_req && i < g.sends; i++)
-    if (g.send_req[i])
-      lh_request_abandon(g.send_req[i]);
+  lh_requests_abandon(g.in_req, in_slots);
+  lh_requests_abandon(g.out_req, out_slots);
+  lh_requests_abandon(g.send_req, g.sends);
   free(lengths);
   free(g.in_req);
   free(g.out_req);

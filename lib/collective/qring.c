@@ -236,9 +236,7 @@ static lh_status agree_scales(qring *g) {
 freehost:
   lh_host_pinned_free(host);
 done:
-  for (int i = 0; req && i < 2 * n; i++)
-    if (req[i])
-      lh_request_abandon(req[i]);
+  lh_requests_abandon(req, (size_t)2 * n);
   free(req);
   free(all);
   return st;
@@ -304,12 +302,8 @@ static lh_status qring_allreduce(lh_engine *e, float *data, size_t count, float 
   if (st != LH_SUCCESS)
     lh_error_context(st, "%s all-reduce of %zu floats on %d ranks", shared ? "shared_ring" : "qring", count, g.n);
 done:
-  for (size_t i = 0; g.rreq && i < nreq; i++)
-    if (g.rreq[i])
-      lh_request_abandon(g.rreq[i]);
-  for (size_t i = 0; g.sreq && i < nreq; i++)
-    if (g.sreq[i])
-      lh_request_abandon(g.sreq[i]);
+  lh_requests_abandon(g.rreq, nreq);
+  lh_requests_abandon(g.sreq, nreq);
   free(g.rbytes);
   free(g.sbytes);
   free(g.rreq);

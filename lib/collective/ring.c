@@ -112,12 +112,8 @@ lh_status lh_ring_allreduce(lh_comm comm, float *data, size_t count, lh_reduce_o
     lh_error_context(st, "ring all-reduce of %zu floats on %d ranks", count, g.n);
 done:
   /* After a failure some requests are still outstanding: drop them, the comm is broken. */
-  for (size_t i = 0; g.recv_req && i < nreq; i++)
-    if (g.recv_req[i])
-      lh_request_abandon(g.recv_req[i]);
-  for (size_t i = 0; g.send_req && i < nreq; i++)
-    if (g.send_req[i])
-      lh_request_abandon(g.send_req[i]);
+  lh_requests_abandon(g.recv_req, nreq);
+  lh_requests_abandon(g.send_req, nreq);
   free(g.recv_req);
   free(g.send_req);
   if (on_device) /* host scratch belongs to the communicator */

@@ -61,6 +61,14 @@ void lh_request_abandon(struct lh_request_s *r) {
   lh_request_free(r);
 }
 
+void lh_requests_abandon(lh_request *requests, size_t count) {
+  for (size_t i = 0; requests && i < count; i++)
+    if (requests[i]) {
+      lh_request_abandon(requests[i]);
+      requests[i] = NULL;
+    }
+}
+
 static size_t lh_chunk_length(const struct lh_request_s *r, int i) {
   size_t off = (size_t)i * r->chunk_bytes;
   size_t left = r->bytes - off;

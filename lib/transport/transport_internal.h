@@ -160,6 +160,8 @@ struct lh_comm_s {
 lh_status lh_comm_progress(struct lh_comm_s *comm, int flush);
 /* Unlinks and frees a request, abandoning whatever it still has posted. */
 void lh_request_abandon(struct lh_request_s *req);
+/* The same for every non-NULL request of an array (NULL array: nothing); after a failure. */
+void lh_requests_abandon(lh_request *requests, size_t count);
 /* Host scratch of at least `bytes`, kept by the communicator between calls: allocating and
  * first-touching megabytes on every collective costs more than a fast link's transfer. */
 lh_status lh_comm_scratch(struct lh_comm_s *comm, size_t bytes, void **scratch);
