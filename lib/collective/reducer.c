@@ -218,10 +218,33 @@ static lh_status plain_allreduce(lh_reducer r, float *data, size_t count, lh_all
   return lh_allreduce(r->comm, data, data, count, &plain);
 }
 
+/* The bucket's tensors back to back in v, with their residuals added when ef. */
+static lh_status pack(lh_reducer r, float *v, int on_device, int ef) {
+  size_t off = 0;
+  for (int i = 0; i < r->nwork; i++) {
+    LH_CHECK(lh_copy_f32(on_device, v + off, r->work[i].data, r->work[i].count));
+    if (ef)
+      LH_CHECK(lh_reduce_add(on_device, v + off, r->work_entry[i]->residual, r->work[i].count));
+    off += r->work[i].count;
+  }
+  return LH_SUCCESS;
+}
+
+/* And back: the results to the tensors, err (when not NULL) to their residuals. */
+static lh_status unpack(lh_reducer r, const float *v, const float *err, int on_device) {
+  size_t off = 0;
+  for (int i = 0; i < r->nwork; i++) {
+    LH_CHECK(lh_copy_f32(on_device, r->work[i].data, v + off, r->work[i].count));
+    if (err)
+      LH_CHECK(lh_copy_f32(on_device, r->work_entry[i]->residual, err + off, r->work[i].count));
+    off += r->work[i].count;
+  }
+  return LH_SUCCESS;
+}
+
 /* QRING, SHARED_RING, OWNER, ALLGATHER on the packed bucket (or the tensor itself when alone):
  * v = x + residual, run, then the residuals take what this rank's encodes missed. */
 static lh_status bucket_step(lh_reducer r, int on_device, int ef, size_t total) {
-  lh_engine *e = &r->e;
   float *v, *err = NULL;
   int alone = r->nwork == 1;
   if (alone) {
@@ -234,29 +257,14 @@ static lh_status bucket_step(lh_reducer r, int on_device, int ef, size_t total) 
   } else {
     LH_CHECK(ensure_bucket(r, total, on_device));
     v = r->bucket;
-    size_t off = 0;
-    for (int i = 0; i < r->nwork; i++) {
-      LH_CHECK(lh_copy_f32(on_device, v + off, r->work[i].data, r->work[i].count));
-      if (ef)
-        LH_CHECK(lh_reduce_add(on_device, v + off, r->work_entry[i]->residual, r->work[i].count));
-      off += r->work[i].count;
-    }
+    LH_CHECK(pack(r, v, on_device, ef));
     if (ef) {
       err = r->errbucket;
       LH_CHECK(lh_zero_f32(on_device, err, total));
     }
   }
-  LH_CHECK(lh_engine_run(e, v, total, err));
-  if (!alone) {
-    size_t off = 0;
-    for (int i = 0; i < r->nwork; i++) {
-      LH_CHECK(lh_copy_f32(on_device, r->work[i].data, v + off, r->work[i].count));
-      if (ef)
-        LH_CHECK(lh_copy_f32(on_device, r->work_entry[i]->residual, err + off, r->work[i].count));
-      off += r->work[i].count;
-    }
-  }
-  return LH_SUCCESS;
+  LH_CHECK(lh_engine_run(&r->e, v, total, err));
+  return alone ? LH_SUCCESS : unpack(r, v, err, on_device);
 }
 
 /* Whether PowerSGD pays for a tensor: its factors must be smaller than the matrix. */
@@ -390,19 +398,12 @@ static lh_status do_work(lh_reducer r) {
     if (r->nwork > 1) {
       LH_CHECK(ensure_bucket(r, total, on_device));
       v = r->bucket;
-      size_t off = 0;
-      for (int i = 0; i < r->nwork; i++, off += r->work[i - 1].count)
-        LH_CHECK(lh_copy_f32(on_device, v + off, r->work[i].data, r->work[i].count));
+      LH_CHECK(pack(r, v, on_device, 0));
     }
     LH_CHECK(plain_allreduce(r, v, total, algo == LH_ALLREDUCE_MPI ? algo : LH_ALLREDUCE_RING));
     if (r->cfg.op == LH_OP_MEAN && r->comm->size > 1)
       LH_CHECK(lh_reduce_div(on_device, v, (float)r->comm->size, total));
-    if (r->nwork > 1) {
-      size_t off = 0;
-      for (int i = 0; i < r->nwork; i++, off += r->work[i - 1].count)
-        LH_CHECK(lh_copy_f32(on_device, r->work[i].data, v + off, r->work[i].count));
-    }
-    return LH_SUCCESS;
+    return r->nwork > 1 ? unpack(r, v, NULL, on_device) : LH_SUCCESS;
   }
   if (algo == LH_ALLREDUCE_POWERSGD)
     return powersgd_step(r, on_device, ef);
