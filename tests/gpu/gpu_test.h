@@ -7,6 +7,21 @@
 #include <cstdlib>
 
 #include <cuda_runtime.h>
+#include <gtest/gtest.h>
+#include <longhaul/transport.h>
+
+// Fails the test (returning from it) when a CUDA call does not succeed, naming the call.
+#define ASSERT_CUDA(expr)                                                              \
+  do {                                                                                 \
+    cudaError_t cuda_e_ = (expr);                                                      \
+    ASSERT_EQ(cuda_e_, cudaSuccess) << #expr << ": " << cudaGetErrorString(cuda_e_);   \
+  } while (0)
+
+// Destroys the communicator on scope exit, also when an ASSERT returned early.
+struct CommGuard {
+  lh_comm comm = nullptr;
+  ~CommGuard() { lh_comm_destroy(comm); }
+};
 
 // ctest's SKIP_RETURN_CODE for the gpu label: a machine without a usable device reports the
 // test as skipped, not passed (nothing was checked) and not failed (nothing is wrong).

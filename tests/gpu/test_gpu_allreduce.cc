@@ -26,18 +26,6 @@
 
 namespace {
 
-#define ASSERT_CUDA(expr)                                                              \
-  do {                                                                                 \
-    cudaError_t cuda_e_ = (expr);                                                      \
-    ASSERT_EQ(cuda_e_, cudaSuccess) << #expr << ": " << cudaGetErrorString(cuda_e_);   \
-  } while (0)
-
-// Destroys the communicator on scope exit, also when an ASSERT returned early.
-struct CommGuard {
-  lh_comm comm = nullptr;
-  ~CommGuard() { lh_comm_destroy(comm); }
-};
-
 struct ReducerGuard {
   lh_reducer r = nullptr;
   ~ReducerGuard() { lh_reducer_free(r); }

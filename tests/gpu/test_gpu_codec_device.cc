@@ -29,12 +29,6 @@
 
 namespace {
 
-#define ASSERT_CUDA(expr)                                                              \
-  do {                                                                                 \
-    cudaError_t cuda_e_ = (expr);                                                      \
-    ASSERT_EQ(cuda_e_, cudaSuccess) << #expr << ": " << cudaGetErrorString(cuda_e_);   \
-  } while (0)
-
 #define ASSERT_LH(expr) ASSERT_EQ((expr), LH_SUCCESS) << #expr << ": " << lh_last_error()
 
 constexpr uint8_t kPoison = 0xAB;

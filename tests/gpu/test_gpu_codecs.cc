@@ -47,12 +47,6 @@ constexpr size_t kLargeFrom = 100003;  // from this size on, one input kind per 
 #endif
 constexpr size_t kMaxN = LH_GPU_TEST_MAX_N;
 
-#define ASSERT_CUDA(expr)                                                                    \
-  do {                                                                                       \
-    cudaError_t cuda_e_ = (expr);                                                            \
-    ASSERT_EQ(cuda_e_, cudaSuccess) << #expr << ": " << cudaGetErrorString(cuda_e_);         \
-  } while (0)
-
 #define ASSERT_LAUNCH(expr)                                                                  \
   do {                                                                                       \
     int launch_rc_ = (expr);                                                                 \

@@ -172,12 +172,6 @@ testing::AssertionResult MatchesCpu(const std::vector<uint32_t> &image, const st
   return failure;
 }
 
-#define ASSERT_CUDA(expr)                                                                              \
-  do {                                                                                                 \
-    cudaError_t cuda_e_ = (expr);                                                                      \
-    ASSERT_EQ(cuda_e_, cudaSuccess) << #expr << ": " << cudaGetErrorString(cuda_e_);                   \
-  } while (0)
-
 TEST(GpuReduce, AddMatchesCpuTwinBitwise) {
   std::mt19937 rng(20240611u);
   for (size_t n : kSizes) {

@@ -23,18 +23,6 @@
 
 namespace {
 
-#define ASSERT_CUDA(expr)                                                              \
-  do {                                                                                 \
-    cudaError_t cuda_e_ = (expr);                                                      \
-    ASSERT_EQ(cuda_e_, cudaSuccess) << #expr << ": " << cudaGetErrorString(cuda_e_);   \
-  } while (0)
-
-// Destroys the communicator on scope exit, also when an ASSERT returned early.
-struct CommGuard {
-  lh_comm comm = nullptr;
-  ~CommGuard() { lh_comm_destroy(comm); }
-};
-
 // Real transfers only: simulated links are not what these tests are about, and a timeout
 // well inside ctest's turns a hang into a failure that names the peer.
 lh_comm_config Config(lh_backend backend) {

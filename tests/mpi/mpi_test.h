@@ -3,6 +3,7 @@
 #define LH_TESTS_MPI_TEST_H
 
 #include <cstdint>
+#include <gtest/gtest.h>
 #include <longhaul/longhaul.h>
 
 int lh_test_world_rank();
@@ -24,6 +25,24 @@ inline uint64_t lh_test_hash(uint64_t seed, uint64_t rank, uint64_t index) {
 inline float lh_test_value(uint64_t seed, int rank, uint64_t index) {
   return (float)((int64_t)(lh_test_hash(seed, (uint64_t)rank, index) >> 44) - (1 << 19)) / (float)(1 << 19);
 }
+
+// A communicator over MPI_COMM_WORLD on real links (LH_SIM_* ignored), destroyed on scope
+// exit. timeout_s < 0: LH_TIMEOUT_S or its default.
+struct lh_test_world {
+  lh_comm c = nullptr;
+  int rank = 0, size = 0;
+  explicit lh_test_world(double timeout_s = -1.0) {
+    lh_comm_config cfg = LH_COMM_CONFIG_INIT;
+    cfg.simulate = 0;
+    cfg.timeout_s = timeout_s;
+    EXPECT_EQ(lh_comm_create(&cfg, &c), LH_SUCCESS) << lh_last_error();
+    lh_comm_rank(c, &rank);
+    lh_comm_size(c, &size);
+  }
+  ~lh_test_world() { lh_comm_destroy(c); }
+  lh_test_world(const lh_test_world &) = delete;
+  lh_test_world &operator=(const lh_test_world &) = delete;
+};
 
 #define LH_ASSERT_OK(expr)                                                                  \
   do {                                                                                      \

@@ -38,19 +38,9 @@ namespace {
 
 // ---- ranks --------------------------------------------------------------------------------
 
-struct World {
-  lh_comm c = nullptr;
-  int rank = 0, size = 0;
-  // A timeout well under the ctest limit: a rank left waiting by a bug returns LH_ERR_TIMEOUT.
-  explicit World(double timeout_s = 30.0) {
-    lh_comm_config cfg = LH_COMM_CONFIG_INIT;
-    cfg.simulate = 0;
-    cfg.timeout_s = timeout_s;
-    EXPECT_EQ(lh_comm_create(&cfg, &c), LH_SUCCESS) << lh_last_error();
-    lh_comm_rank(c, &rank);
-    lh_comm_size(c, &size);
-  }
-  ~World() { lh_comm_destroy(c); }
+// A timeout well under the ctest limit: a rank left waiting by a bug returns LH_ERR_TIMEOUT.
+struct World : lh_test_world {
+  explicit World(double timeout_s = 30.0) : lh_test_world(timeout_s) {}
 };
 
 // True on every rank when v is true on every rank (a collective: every rank must call it).

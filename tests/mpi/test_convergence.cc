@@ -44,18 +44,7 @@ constexpr double kTeacherNorm = 7.0;   // teacher logits' spread: sets the loss 
 constexpr uint64_t kWeightKey = 1, kBiasKey = 2;
 constexpr size_t kWeights = (size_t)kClasses * kFeatures;
 
-struct World {
-  lh_comm c = nullptr;
-  int rank = 0, size = 0;
-  World() {
-    lh_comm_config cfg = LH_COMM_CONFIG_INIT;
-    cfg.simulate = 0;
-    EXPECT_EQ(lh_comm_create(&cfg, &c), LH_SUCCESS) << lh_last_error();
-    lh_comm_rank(c, &rank);
-    lh_comm_size(c, &size);
-  }
-  ~World() { lh_comm_destroy(c); }
-};
+using World = lh_test_world;
 
 // A uniform double in (0, 1) and a standard normal, from (seed, rank, index).
 double uniform(uint64_t seed, int rank, uint64_t index) {

@@ -13,18 +13,7 @@
 
 namespace {
 
-struct World {
-  lh_comm c = nullptr;
-  int rank = 0, size = 0;
-  World() {
-    lh_comm_config cfg = LH_COMM_CONFIG_INIT;
-    cfg.simulate = 0;
-    EXPECT_EQ(lh_comm_create(&cfg, &c), LH_SUCCESS) << lh_last_error();
-    lh_comm_rank(c, &rank);
-    lh_comm_size(c, &size);
-  }
-  ~World() { lh_comm_destroy(c); }
-};
+using World = lh_test_world;
 
 // Inputs with 20 significant bits: sums over <= 8 ranks are exact in float32, so the
 // expected result is known exactly whatever the order of summation.
