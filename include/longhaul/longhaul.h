@@ -11,6 +11,8 @@
 #include <longhaul/transport.h>
 #include <longhaul/allreduce.h>
 #include <longhaul/compress.h>
+#include <longhaul/aqsgd.h>
+#include <longhaul/pipeline.h>
 #include <longhaul/probe.h>
 #include <longhaul/topo.h>
 

@@ -23,7 +23,7 @@ lh_status lh_build_info(lh_build_features *info) {
 #ifdef LH_HAVE_CUDA
   info->has_cuda = 1;
   /* One name per launcher family in kernels/kernels.h. */
-  info->kernels = "reduce_add_f32 reduce_div_f32 residual_add_f32 qz_max_abs_bits cast blockq sign topk powersgd";
+  info->kernels = "reduce_add_f32 reduce_div_f32 residual_add_f32 qz_max_abs_bits cast blockq sign topk powersgd aqsgd";
   info->cuda_archs = LH_CUDA_ARCHS;
 #else
   info->has_cuda = 0;

@@ -26,6 +26,8 @@ enum {
   LH_TAG_PROBE,
   LH_TAG_COMPRESSED,        /* frames of the compressed all-reduce algorithms */
   LH_TAG_COMPRESSED_GATHER, /* the owners' frames of the owner reduce (its phase 2) */
+  LH_TAG_PIPELINE_FORWARD,  /* a pipeline's activation frames, stage s -> s + 1 */
+  LH_TAG_PIPELINE_BACKWARD, /* its gradient frames, stage s + 1 -> s */
   LH_TAG_LIMIT /* first tag never used */
 };
 

@@ -5,7 +5,8 @@
 #   OUT=/some/dir bash tests/gpu/device_check.sh
 #
 # Everything it produces goes to $OUT (default ./device_check_out): the configure and build
-# logs, one ctest log per phase and ctest's own LastTest log, the codec_perf table, nvidia-smi.
+# logs, one ctest log per phase and ctest's own LastTest log, the aqsgd_perf and codec_perf tables,
+# nvidia-smi.
 # Each step runs under `timeout`, inside an overall budget (DEVICE_CHECK_BUDGET_S, default 420 s)
 # so that one hang cannot eat the device time; steps are ordered by what matters most: the new
 # device-buffer tests first, then the other gpu tests, then the benchmark. Exit status: 0 when
@@ -71,7 +72,8 @@ if run configure "$(allow 120 300)" "$OUT/configure.log" \
   grep -E "LH_WITH_|CMAKE_CUDA_ARCHITECTURES" "$OUT/configure.log" | tee -a "$OUT/summary.txt"
   # Only what the gpu tests and the benchmark need; the whole tree if that fails (a renamed
   # target), with whatever time is left.
-  targets=(test_gpu_codec_device test_gpu_allreduce test_gpu_codecs test_gpu_reduce test_gpu_transport codec_perf)
+  targets=(test_gpu_aqsgd test_gpu_codec_device test_gpu_allreduce test_gpu_codecs test_gpu_reduce test_gpu_transport
+           aqsgd_perf codec_perf)
   if run build "$(allow 300 200)" "$OUT/build.log" cmake --build "$BUILD" -j "$JOBS" --target "${targets[@]}"; then
     build_ok=1
   else
@@ -85,7 +87,7 @@ if run configure "$(allow 120 300)" "$OUT/configure.log" \
 fi
 
 # ---- tests -------------------------------------------------------------------------------------
-NEW='^test_gpu_(codec_device|allreduce_np[0-9]+)$'
+NEW='^test_gpu_(aqsgd|codec_device|allreduce_np[0-9]+)$'
 if ((build_ok)) || [ -d "$BUILD/tests/gpu" ]; then
   # Phase 1: the device-buffer codec and all-reduce tests (the reason for this run), verbose so
   # that their notes (a case the engine does not support on device buffers) reach the log.
@@ -99,8 +101,11 @@ if ((build_ok)) || [ -d "$BUILD/tests/gpu" ]; then
 fi
 
 # ---- benchmark ---------------------------------------------------------------------------------
+if [ -x "$BUILD/bench/aqsgd_perf" ]; then
+  run aqsgd_perf "$(allow 120 40)" "$OUT/aqsgd_perf.txt" "$BUILD/bench/aqsgd_perf"
+fi
 if [ -x "$BUILD/bench/codec_perf" ]; then
-  run codec_perf "$(allow 120)" "$OUT/codec_perf.txt" "$BUILD/bench/codec_perf" --size 16M --iters 5
+  run codec_perf "$(allow 60)" "$OUT/codec_perf.txt" "$BUILD/bench/codec_perf" --size 16M --iters 5
 fi
 
 # ---- summary -----------------------------------------------------------------------------------
@@ -118,6 +123,10 @@ PATTERN='Test +#[0-9]+: .*(\*\*\*(Failed|Timeout|Exception)|Not Run)'; failed=$(
   echo "gpu tests:  $passed passed, $failed failed, $skipped skipped"
   cat "${logs[@]}" 2>/dev/null | grep -E 'Test +#[0-9]+: ' | sed 's/^ *[0-9]*\/[0-9]* /  /'
   cat "${logs[@]}" 2>/dev/null | grep -E '^\[   NOTE   \]' | sort -u
+  if [ -s "$OUT/aqsgd_perf.txt" ]; then
+    echo "---- aqsgd_perf ----"
+    grep -vE '^\s*$' "$OUT/aqsgd_perf.txt"
+  fi
   if [ -s "$OUT/codec_perf.txt" ]; then
     echo "---- codec_perf (16 MiB, 5 iterations) ----"
     grep -vE '^\s*$' "$OUT/codec_perf.txt"
