@@ -233,14 +233,19 @@ static long cpu_case(const aqsgd_perf_config *c, int op, size_t rows, size_t tok
   return wrong;
 }
 
-static long cpu_tables(const aqsgd_perf_config *c) {
-  size_t max_n = 0, max_rows = 0;
+void aqsgd_perf_largest(const aqsgd_perf_config *c, size_t *max_n, size_t *max_rows) {
+  *max_n = *max_rows = 0;
   for (int s = 0; s < c->nsizes; s++) {
     size_t rows, tokens;
     aqsgd_perf_shape(c, c->sizes[s], &rows, &tokens);
-    max_n = rows * tokens * c->channels > max_n ? rows * tokens * c->channels : max_n;
-    max_rows = rows > max_rows ? rows : max_rows;
+    *max_n = rows * tokens * c->channels > *max_n ? rows * tokens * c->channels : *max_n;
+    *max_rows = rows > *max_rows ? rows : *max_rows;
   }
+}
+
+static long cpu_tables(const aqsgd_perf_config *c) {
+  size_t max_n, max_rows;
+  aqsgd_perf_largest(c, &max_n, &max_rows);
   cpu_bufs b;
   b.a = malloc(max_n * 4);
   b.m = malloc(max_n * 4);

@@ -51,6 +51,8 @@ enum { AQSGD_OP_SENDER, AQSGD_OP_RECEIVER, AQSGD_OP_BWD_ENCODE, AQSGD_OP_BWD_DEC
 /* The call shape for about `elements` elements: whole rows of tokens x channels, at least one;
  * below one row, one row of fewer tokens. */
 void aqsgd_perf_shape(const aqsgd_perf_config *c, size_t elements, size_t *rows, size_t *tokens);
+/* The most elements and rows any size of the run needs (buffers are sized once for all). */
+void aqsgd_perf_largest(const aqsgd_perf_config *c, size_t *max_n, size_t *max_rows);
 /* Whether the run has operation op (per-channel only beside PER_TOKEN_GROUP). */
 int aqsgd_perf_has_op(const aqsgd_perf_config *c, int op);
 /* The quantizer parameters of op for a call of rows of `tokens` tokens. */

@@ -192,13 +192,8 @@ extern "C" long lh_aqsgd_perf_gpu(const aqsgd_perf_config *c) {
     std::printf("# no GPU: cudaGetDeviceProperties: %s\n", cudaGetErrorString(e));
     return -1;
   }
-  size_t max_n = 0, max_rows = 0;
-  for (int s = 0; s < c->nsizes; s++) {
-    size_t rows, tokens;
-    aqsgd_perf_shape(c, c->sizes[s], &rows, &tokens);
-    max_n = rows * tokens * c->channels > max_n ? rows * tokens * c->channels : max_n;
-    max_rows = rows > max_rows ? rows : max_rows;
-  }
+  size_t max_n, max_rows;
+  aqsgd_perf_largest(c, &max_n, &max_rows);
   const size_t asz = lh_aq_dtype_bytes(c->dtype), msz = lh_aq_dtype_bytes(c->storage);
   Device d;
   d.name = prop.name;

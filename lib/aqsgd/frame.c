@@ -27,47 +27,23 @@
 
 #include <string.h>
 
+#include "common/bytes.h"
 #include "common/internal.h"
 #include "compress/compress_internal.h"
 
 #define LH_AQ_MAGIC 0x5141484Cu /* "LHAQ" read as a little-endian u32 */
 #define LH_AQ_FORMAT 1
 
-static void put16(uint8_t *p, uint32_t v) {
-  p[0] = (uint8_t)v;
-  p[1] = (uint8_t)(v >> 8);
-}
-static void put32(uint8_t *p, uint32_t v) {
-  put16(p, v);
-  put16(p + 2, v >> 16);
-}
-static void put64(uint8_t *p, uint64_t v) {
-  put32(p, (uint32_t)v);
-  put32(p + 4, (uint32_t)(v >> 32));
-}
-static uint32_t get16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
-static uint32_t get32(const uint8_t *p) { return get16(p) | get16(p + 2) << 16; }
-static uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32; }
-
-/* splitmix64's finaliser: every input bit reaches every output bit. */
-static uint64_t mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xBF58476D1CE4E5B9ull;
-  x ^= x >> 27;
-  x *= 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
 uint64_t lh_aq_ids_hash(const int64_t *ids, size_t count) {
-  uint64_t h = mix64(0x6C68617173676431ull ^ count);
+  uint64_t h = lh_mix64(0x6C68617173676431ull ^ count);
   for (size_t i = 0; i < count; i++)
-    h = mix64(h ^ (uint64_t)ids[i]) + i; /* + i: the order matters, not only the set */
+    h = lh_mix64(h ^ (uint64_t)ids[i]) + i; /* + i: the order matters, not only the set */
   return h;
 }
 
 void lh_aq_frame_write(const lh_aq_frame_header *h, uint8_t *frame, size_t payload_bytes) {
   memset(frame, 0, LH_AQ_FRAME_HEADER_BYTES);
-  put32(frame, LH_AQ_MAGIC);
+  lh_put_le32(frame, LH_AQ_MAGIC);
   frame[4] = LH_AQ_FORMAT;
   frame[5] = (uint8_t)h->kind;
   frame[6] = (uint8_t)h->mode;
@@ -75,25 +51,25 @@ void lh_aq_frame_write(const lh_aq_frame_header *h, uint8_t *frame, size_t paylo
   frame[8] = (uint8_t)h->quantizer;
   frame[9] = (uint8_t)h->storage;
   frame[10] = (uint8_t)h->rounding;
-  put16(frame + 12, (uint32_t)h->group);
-  put16(frame + 14, (uint32_t)h->boundary);
-  put32(frame + 16, h->count);
-  put32(frame + 20, h->full);
-  put32(frame + 24, h->tokens);
-  put32(frame + 28, h->channels);
-  put64(frame + 32, h->ids_hash);
-  put32(frame + 40, lh_crc32c(0, frame + LH_AQ_FRAME_HEADER_BYTES, payload_bytes));
-  put32(frame + 44, lh_crc32c(0, frame, 44));
+  lh_put_le16(frame + 12, (uint32_t)h->group);
+  lh_put_le16(frame + 14, (uint32_t)h->boundary);
+  lh_put_le32(frame + 16, h->count);
+  lh_put_le32(frame + 20, h->full);
+  lh_put_le32(frame + 24, h->tokens);
+  lh_put_le32(frame + 28, h->channels);
+  lh_put_le64(frame + 32, h->ids_hash);
+  lh_put_le32(frame + 40, lh_crc32c(0, frame + LH_AQ_FRAME_HEADER_BYTES, payload_bytes));
+  lh_put_le32(frame + 44, lh_crc32c(0, frame, 44));
 }
 
 lh_status lh_aq_frame_read(const uint8_t *frame, size_t frame_bytes, lh_aq_frame_header *h) {
   if (frame_bytes < LH_AQ_FRAME_HEADER_BYTES)
     return lh_error(LH_ERR_CORRUPT, "AQ-SGD frame of %zu bytes is shorter than its %d-byte header", frame_bytes,
                     LH_AQ_FRAME_HEADER_BYTES);
-  if (get32(frame) != LH_AQ_MAGIC)
-    return lh_error(LH_ERR_CORRUPT, "not an AQ-SGD frame (magic 0x%08x, expected 0x%08x)", get32(frame),
+  if (lh_get_le32(frame) != LH_AQ_MAGIC)
+    return lh_error(LH_ERR_CORRUPT, "not an AQ-SGD frame (magic 0x%08x, expected 0x%08x)", lh_get_le32(frame),
                     LH_AQ_MAGIC);
-  if (get32(frame + 44) != lh_crc32c(0, frame, 44))
+  if (lh_get_le32(frame + 44) != lh_crc32c(0, frame, 44))
     return lh_error(LH_ERR_CORRUPT, "AQ-SGD frame header fails its CRC-32C check");
   if (frame[4] != LH_AQ_FORMAT)
     return lh_error(LH_ERR_MISMATCH, "AQ-SGD frame format %u, this library reads format %d", frame[4],
@@ -104,14 +80,14 @@ lh_status lh_aq_frame_read(const uint8_t *frame, size_t frame_bytes, lh_aq_frame
   h->quantizer = frame[8];
   h->storage = frame[9];
   h->rounding = frame[10];
-  h->group = (int)get16(frame + 12);
-  h->boundary = (int)get16(frame + 14);
-  h->count = get32(frame + 16);
-  h->full = get32(frame + 20);
-  h->tokens = get32(frame + 24);
-  h->channels = get32(frame + 28);
-  h->ids_hash = get64(frame + 32);
-  h->payload_crc = get32(frame + 40);
+  h->group = (int)lh_get_le16(frame + 12);
+  h->boundary = (int)lh_get_le16(frame + 14);
+  h->count = lh_get_le32(frame + 16);
+  h->full = lh_get_le32(frame + 20);
+  h->tokens = lh_get_le32(frame + 24);
+  h->channels = lh_get_le32(frame + 28);
+  h->ids_hash = lh_get_le64(frame + 32);
+  h->payload_crc = lh_get_le32(frame + 40);
   return LH_SUCCESS;
 }
 

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "collective/collective_internal.h"
+#include "common/bytes.h"
 #include "transport/transport_internal.h"
 
 /* Which codecs each algorithm can run, as a bit set over lh_codec_id. */
@@ -315,17 +316,10 @@ int lh_engine_agreement(const lh_engine *e, long long *values, const char **name
   return count;
 }
 
-/* splitmix64: spreads the frame's offset over the whole seed, so no two frames of a call
- * share a random stream (the codec's element counter restarts at 0 in every frame). */
-static uint64_t mix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
 lh_status lh_engine_key(lh_engine *e, lh_codec *c, size_t offset) {
-  return lh_codec_set_key(c, mix64(e->cfg.seed ^ mix64((uint64_t)offset)), e->step, (uint32_t)e->comm->rank);
+  /* Mixing spreads the frame's offset over the whole seed, so no two frames of a call share a
+   * random stream (the codec's element counter restarts at 0 in every frame). */
+  return lh_codec_set_key(c, lh_mix64(e->cfg.seed ^ lh_mix64((uint64_t)offset)), e->step, (uint32_t)e->comm->rank);
 }
 
 lh_status lh_engine_frames(lh_engine *e, size_t bytes, void **frames) {

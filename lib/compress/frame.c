@@ -7,30 +7,13 @@
  * frame is an error message rather than a read past a buffer. */
 #include <string.h>
 
+#include "common/bytes.h"
 #include "common/internal.h"
 #include "compress/compress_internal.h"
 
-static void put_u16(uint8_t *p, uint16_t v) {
-  p[0] = (uint8_t)v;
-  p[1] = (uint8_t)(v >> 8);
-}
-static void put_u32(uint8_t *p, uint32_t v) {
-  for (int i = 0; i < 4; i++)
-    p[i] = (uint8_t)(v >> (8 * i));
-}
-static void put_u64(uint8_t *p, uint64_t v) {
-  for (int i = 0; i < 8; i++)
-    p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint16_t get_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-static uint32_t get_u32(const uint8_t *p) {
-  return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-static uint64_t get_u64(const uint8_t *p) { return get_u32(p) | ((uint64_t)get_u32(p + 4) << 32); }
-
 void lh_frame_write_header(const lh_frame_header *h, uint8_t *out) {
   memset(out, 0, LH_FRAME_HEADER_BYTES);
-  put_u32(out + 0, LH_FRAME_MAGIC);
+  lh_put_le32(out + 0, LH_FRAME_MAGIC);
   out[4] = LH_FRAME_VERSION;
   out[5] = h->codec;
   out[6] = h->flags;
@@ -41,16 +24,16 @@ void lh_frame_write_header(const lh_frame_header *h, uint8_t *out) {
   out[11] = h->topk_method;
   out[12] = h->error_feedback;
   out[13] = h->zstd_level;
-  put_u16(out + 14, h->rank);
-  put_u32(out + 16, h->block);
-  put_u32(out + 20, h->chunk);
-  put_u32(out + 24, h->k);
-  put_u32(out + 28, h->rows);
-  put_u64(out + 32, h->count);
-  put_u64(out + 40, h->step);
-  put_u32(out + 48, h->raw_bytes);
-  put_u32(out + 52, h->wire_bytes);
-  put_u32(out + 56, h->seed_lo);
+  lh_put_le16(out + 14, h->rank);
+  lh_put_le32(out + 16, h->block);
+  lh_put_le32(out + 20, h->chunk);
+  lh_put_le32(out + 24, h->k);
+  lh_put_le32(out + 28, h->rows);
+  lh_put_le64(out + 32, h->count);
+  lh_put_le64(out + 40, h->step);
+  lh_put_le32(out + 48, h->raw_bytes);
+  lh_put_le32(out + 52, h->wire_bytes);
+  lh_put_le32(out + 56, h->seed_lo);
 }
 
 /* The CRC covers bytes 0..59 of the header, then the payload; bytes 60..63 hold it. */
@@ -60,7 +43,7 @@ static uint32_t frame_crc(const uint8_t *frame, size_t wire_payload_bytes) {
 }
 
 void lh_frame_seal(uint8_t *frame, size_t wire_payload_bytes) {
-  put_u32(frame + 60, frame_crc(frame, wire_payload_bytes));
+  lh_put_le32(frame + 60, frame_crc(frame, wire_payload_bytes));
 }
 
 lh_status lh_frame_parse(const void *frame, size_t frame_bytes, lh_frame_header *h) {
@@ -70,7 +53,7 @@ lh_status lh_frame_parse(const void *frame, size_t frame_bytes, lh_frame_header 
   if (frame_bytes < LH_FRAME_HEADER_BYTES)
     return lh_error(LH_ERR_CORRUPT, "frame: %zu bytes is shorter than the %d-byte header (truncated)",
                     frame_bytes, LH_FRAME_HEADER_BYTES);
-  uint32_t magic = get_u32(p);
+  uint32_t magic = lh_get_le32(p);
   if (magic != LH_FRAME_MAGIC)
     return lh_error(LH_ERR_CORRUPT, "frame: bad magic 0x%08x (expected 0x%08x, \"LHCF\"): not a Longhaul frame",
                     magic, LH_FRAME_MAGIC);
@@ -90,17 +73,17 @@ lh_status lh_frame_parse(const void *frame, size_t frame_bytes, lh_frame_header 
   h->topk_method = p[11];
   h->error_feedback = p[12];
   h->zstd_level = p[13];
-  h->rank = get_u16(p + 14);
-  h->block = get_u32(p + 16);
-  h->chunk = get_u32(p + 20);
-  h->k = get_u32(p + 24);
-  h->rows = get_u32(p + 28);
-  h->count = get_u64(p + 32);
-  h->step = get_u64(p + 40);
-  h->raw_bytes = get_u32(p + 48);
-  h->wire_bytes = get_u32(p + 52);
-  h->seed_lo = get_u32(p + 56);
-  h->crc = get_u32(p + 60);
+  h->rank = lh_get_le16(p + 14);
+  h->block = lh_get_le32(p + 16);
+  h->chunk = lh_get_le32(p + 20);
+  h->k = lh_get_le32(p + 24);
+  h->rows = lh_get_le32(p + 28);
+  h->count = lh_get_le64(p + 32);
+  h->step = lh_get_le64(p + 40);
+  h->raw_bytes = lh_get_le32(p + 48);
+  h->wire_bytes = lh_get_le32(p + 52);
+  h->seed_lo = lh_get_le32(p + 56);
+  h->crc = lh_get_le32(p + 60);
   if (frame_bytes - LH_FRAME_HEADER_BYTES != h->wire_bytes)
     return lh_error(LH_ERR_CORRUPT, "frame: header announces %u payload bytes but %zu follow it (%s)",
                     h->wire_bytes, frame_bytes - LH_FRAME_HEADER_BYTES,

@@ -4,7 +4,7 @@
 // several steps in a row (each step's m is the last step's, on both sides, so a single
 // differing bit would carry on and show).
 //
-// As in test_gpu_codecs.cc: every device output is poisoned before the launch (0xAB) and
+// As in test_gpu_codecs.cc: every device output is poisoned before the launch (kPoisonByte) and
 // surrounded by guard bytes that must come back untouched; some variants put the arrays off
 // 16-byte alignment (the kernels' vector paths switch off) and the codes at odd addresses.
 #include <cuda_runtime.h>
@@ -23,76 +23,6 @@
 #include "gpu/gpu_test.h"
 
 namespace {
-
-constexpr size_t kGuard = 256;
-constexpr uint8_t kPoison = 0xAB;
-
-#define ASSERT_LAUNCH(expr)                                                                  \
-  do {                                                                                       \
-    int launch_rc_ = (expr);                                                                 \
-    ASSERT_EQ(launch_rc_, 0) << #expr << ": " << cudaGetErrorString((cudaError_t)launch_rc_); \
-    ASSERT_CUDA(cudaDeviceSynchronize());                                                    \
-  } while (0)
-
-// `bytes` bytes at `offset` past a cudaMalloc'd guard, with kGuard poisoned bytes after them.
-class Region {
- public:
-  Region(size_t bytes, size_t offset) : bytes_(bytes), offset_(offset), buffer_(kGuard + offset + bytes + kGuard) {}
-  cudaError_t error() const { return buffer_.error(); }
-  uint8_t *data() const { return static_cast<uint8_t *>(buffer_.get()) + kGuard + offset_; }
-  size_t total() const { return kGuard + offset_ + bytes_ + kGuard; }
-  // Poison everywhere, then `host` (NULL: all poison) in the region.
-  cudaError_t Fill(const void *host) const {
-    std::vector<uint8_t> image(total(), kPoison);
-    if (host && bytes_)
-      std::memcpy(image.data() + kGuard + offset_, host, bytes_);
-    return buffer_.Upload(image.data());
-  }
-  // The region's bytes; a failure when a guard byte changed.
-  testing::AssertionResult Read(std::vector<uint8_t> *out) const {
-    std::vector<uint8_t> image(total());
-    cudaError_t e = buffer_.Download(image.data());
-    if (e != cudaSuccess)
-      return testing::AssertionFailure() << "download: " << cudaGetErrorString(e);
-    for (size_t i = 0; i < image.size(); i++) {
-      if (i >= kGuard + offset_ && i < kGuard + offset_ + bytes_)
-        continue;
-      if (image[i] != kPoison)
-        return testing::AssertionFailure()
-               << "the kernel wrote outside its region: byte " << (long long)i - (long long)(kGuard + offset_)
-               << " (region of " << bytes_ << " bytes) is 0x" << std::hex << (int)image[i];
-    }
-    out->assign(image.begin() + kGuard + offset_, image.begin() + kGuard + offset_ + bytes_);
-    return testing::AssertionSuccess();
-  }
-
- private:
-  size_t bytes_, offset_;
-  DeviceBuffer buffer_;
-};
-
-testing::AssertionResult SameBytes(const std::vector<uint8_t> &cpu, const std::vector<uint8_t> &gpu, const char *what) {
-  if (cpu.size() != gpu.size())
-    return testing::AssertionFailure() << what << ": sizes " << cpu.size() << " and " << gpu.size();
-  size_t bad = 0, first = 0;
-  for (size_t i = 0; i < cpu.size(); i++)
-    if (cpu[i] != gpu[i] && bad++ == 0)
-      first = i;
-  if (!bad)
-    return testing::AssertionSuccess();
-  char text[160];
-  std::snprintf(text, sizeof text, "%s: %zu of %zu bytes differ; first at byte %zu: CPU 0x%02x, GPU 0x%02x", what, bad,
-                cpu.size(), first, cpu[first], gpu[first]);
-  return testing::AssertionFailure() << text;
-}
-
-template <typename T>
-std::vector<uint8_t> Bytes(const std::vector<T> &v) {
-  std::vector<uint8_t> b(v.size() * sizeof(T));
-  if (!b.empty())
-    std::memcpy(b.data(), v.data(), b.size());
-  return b;
-}
 
 // A plain device copy of a host vector.
 template <typename T>
@@ -174,8 +104,8 @@ void CheckConfig(const Config &c, std::mt19937 &rng) {
 
   // Start: both buffers hold an earlier visit's values (an m near a), sent at full precision.
   std::vector<uint8_t> a = Activations(p.dtype, batch * E, p.channels, rng);
-  std::vector<uint8_t> m_tx(nslots * E * msz), m_rx, wire(rows * E * msz, kPoison);
-  std::vector<uint8_t> out(batch * E * asz, kPoison);
+  std::vector<uint8_t> m_tx(nslots * E * msz), m_rx, wire(rows * E * msz, kPoisonByte);
+  std::vector<uint8_t> out(batch * E * asz, kPoisonByte);
   std::vector<uint8_t> got;
   {
     std::vector<uint8_t> m0 = Activations(p.storage, nslots * E, p.channels, rng);
@@ -216,7 +146,7 @@ void CheckConfig(const Config &c, std::mt19937 &rng) {
 
     // Sender.
     std::vector<uint16_t> scales(nscales, 0xABAB);
-    std::vector<uint8_t> codes(ncode, kPoison);
+    std::vector<uint8_t> codes(ncode, kPoisonByte);
     void *cm = c.has_m ? m_tx.data() : nullptr;
     if (p.quantizer == LH_AQ_Q_PER_CHANNEL)
       lh_aq_channel_scales(&p, a.data(), h_batch_rows, cm, slots.data(), rows, scales.data());
@@ -243,7 +173,7 @@ void CheckConfig(const Config &c, std::mt19937 &rng) {
     ASSERT_TRUE(SameBytes(a, got, "a after encode"));
 
     // Receiver: decodes the GPU's frame (equal to the CPU's, as just checked) into its own m.
-    std::fill(out.begin(), out.end(), kPoison);
+    std::fill(out.begin(), out.end(), kPoisonByte);
     lh_aq_decode(&p, codes.data(), scales.data(), c.has_m ? m_rx.data() : nullptr, slots.data(), rows, out.data(),
                  h_batch_rows);
     ASSERT_CUDA(d_out.Fill(nullptr));

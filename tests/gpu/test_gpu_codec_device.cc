@@ -29,10 +29,6 @@
 
 namespace {
 
-#define ASSERT_LH(expr) ASSERT_EQ((expr), LH_SUCCESS) << #expr << ": " << lh_last_error()
-
-constexpr uint8_t kPoison = 0xAB;
-
 // A codec context, freed on scope exit.
 struct Codec {
   lh_codec *c = nullptr;
@@ -144,7 +140,9 @@ testing::AssertionResult SameBits(const std::vector<float> &want, const std::vec
   return testing::AssertionSuccess();
 }
 
-testing::AssertionResult SameBytes(const std::vector<uint8_t> &want, const std::vector<uint8_t> &got, const char *what) {
+// Unlike gpu_test.h's SameBytes (CPU twin against kernel), the sides here are host and device data.
+testing::AssertionResult SameBytesAsHost(const std::vector<uint8_t> &want, const std::vector<uint8_t> &got,
+                                         const char *what) {
   if (want.size() != got.size())
     return testing::AssertionFailure() << what << ": " << want.size() << " bytes from host data, " << got.size()
                                        << " from device data";
@@ -167,7 +165,7 @@ void ShareScales(lh_codec *host, lh_codec *dev, const std::vector<float> &x, con
 }
 
 std::vector<uint8_t> Encode(lh_codec *c, const float *x, size_t n, lh_status *st) {
-  std::vector<uint8_t> frame(lh_codec_max_wire_bytes(c, n), kPoison);
+  std::vector<uint8_t> frame(lh_codec_max_wire_bytes(c, n), kPoisonByte);
   size_t used = 0;
   *st = lh_codec_encode(c, x, n, frame.data(), frame.size(), &used);
   frame.resize(*st == LH_SUCCESS ? used : frame.size());
@@ -229,7 +227,7 @@ TEST(CodecDevice, FramesAndDecodesMatchHost) {
         ASSERT_EQ(st, LH_SUCCESS) << lh_last_error();
         std::vector<uint8_t> fd = Encode(dev.c, dx.get(), n, &st);
         ASSERT_EQ(st, LH_SUCCESS) << lh_last_error();
-        ASSERT_TRUE(SameBytes(fh, fd, "frame"));
+        ASSERT_TRUE(SameBytesAsHost(fh, fd, "frame"));
         std::vector<float> after;
         ASSERT_CUDA(dx.Read(&after));
         ASSERT_TRUE(SameBits(x, after, "device input after encode"));
@@ -306,7 +304,7 @@ TEST(CodecDevice, ErrorFeedbackMatchesHost) {
       ASSERT_EQ(st, LH_SUCCESS) << lh_last_error();
       std::vector<uint8_t> fd = Encode(dev.c, dx.get(), n, &st);
       ASSERT_EQ(st, LH_SUCCESS) << lh_last_error();
-      ASSERT_TRUE(SameBytes(fh, fd, "frame"));
+      ASSERT_TRUE(SameBytesAsHost(fh, fd, "frame"));
       const float *eh = nullptr, *ed = nullptr;
       size_t nh = 0, nd = 0;
       ASSERT_LH(lh_codec_residual(host.c, &eh, &nh));
@@ -375,7 +373,7 @@ TEST(CodecDevice, RefusesBadInputLikeHost) {
         } else {
           EXPECT_EQ(uh, ud);
         }
-        EXPECT_TRUE(SameBytes(wh, wd, "frame (or untouched buffer)"));
+        EXPECT_TRUE(SameBytesAsHost(wh, wd, "frame (or untouched buffer)"));
         if (ef) {
           const float *eh = nullptr, *ed = nullptr;
           size_t nh = 0, nd = 0;
@@ -467,7 +465,7 @@ TEST(CodecDevice, ManagedMemory) {
     EXPECT_EQ(st, LH_SUCCESS) << lh_last_error();
     std::vector<uint8_t> fd = Encode(dev.c, m, n, &st);
     EXPECT_EQ(st, LH_SUCCESS) << lh_last_error();
-    EXPECT_TRUE(SameBytes(fh, fd, "frame from managed memory"));
+    EXPECT_TRUE(SameBytesAsHost(fh, fd, "frame from managed memory"));
   }
   cudaFree(m);
 }

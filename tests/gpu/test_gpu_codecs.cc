@@ -36,9 +36,7 @@
 
 namespace {
 
-constexpr size_t kGuard = 256;  // guard bytes on each side of every device region
-constexpr uint8_t kGpuPoison = 0xAB;
-constexpr uint8_t kCpuPoison = 0xCD;
+constexpr uint8_t kCpuPoison = 0xCD;  // the device's is kPoisonByte (gpu_test.h): the two must differ
 
 const size_t kSizes[] = {0, 1, 2, 7, 8, 9, 127, 128, 129, 1000, 4095, 4096, 4097, 100003, size_t{1} << 20};
 constexpr size_t kLargeFrom = 100003;  // from this size on, one input kind per configuration
@@ -46,15 +44,6 @@ constexpr size_t kLargeFrom = 100003;  // from this size on, one input kind per 
 #define LH_GPU_TEST_MAX_N SIZE_MAX
 #endif
 constexpr size_t kMaxN = LH_GPU_TEST_MAX_N;
-
-#define ASSERT_LAUNCH(expr)                                                                  \
-  do {                                                                                       \
-    int launch_rc_ = (expr);                                                                 \
-    ASSERT_EQ(launch_rc_, 0) << #expr << ": " << cudaGetErrorString((cudaError_t)launch_rc_); \
-    ASSERT_CUDA(cudaDeviceSynchronize());                                                    \
-  } while (0)
-
-#define ASSERT_LH(expr) ASSERT_EQ((expr), LH_SUCCESS) << #expr << ": " << lh_last_error()
 
 // ---- inputs -------------------------------------------------------------------------------------
 
@@ -133,62 +122,6 @@ std::vector<Inputs> KindsFor(size_t n, size_t config) {
   if (n < kLargeFrom)
     return std::vector<Inputs>(std::begin(kAllInputs), std::end(kAllInputs));
   return {kAllInputs[config % (sizeof kAllInputs / sizeof kAllInputs[0])]};
-}
-
-// ---- guarded device regions -------------------------------------------------------------------
-
-// `bytes` bytes at `offset` past a cudaMalloc'd guard, with kGuard poisoned bytes after them.
-class Region {
- public:
-  Region(size_t bytes, size_t offset) : bytes_(bytes), offset_(offset), buffer_(kGuard + offset + bytes + kGuard) {}
-  cudaError_t error() const { return buffer_.error(); }
-  uint8_t *data() const { return static_cast<uint8_t *>(buffer_.get()) + kGuard + offset_; }
-  float *floats() const { return reinterpret_cast<float *>(data()); }
-  size_t total() const { return kGuard + offset_ + bytes_ + kGuard; }
-
-  // Poison everywhere, then `host` (may be NULL: all poison) in the region.
-  cudaError_t Fill(const void *host) const {
-    std::vector<uint8_t> image(total(), kGpuPoison);
-    if (host && bytes_)
-      std::memcpy(image.data() + kGuard + offset_, host, bytes_);
-    return buffer_.Upload(image.data());
-  }
-  // The region's bytes; false (with a message) when a guard byte changed.
-  testing::AssertionResult Read(std::vector<uint8_t> *out) const {
-    std::vector<uint8_t> image(total());
-    cudaError_t e = buffer_.Download(image.data());
-    if (e != cudaSuccess)
-      return testing::AssertionFailure() << "download: " << cudaGetErrorString(e);
-    for (size_t i = 0; i < image.size(); i++) {
-      if (i >= kGuard + offset_ && i < kGuard + offset_ + bytes_)
-        continue;
-      if (image[i] != kGpuPoison)
-        return testing::AssertionFailure()
-               << "the kernel wrote outside its region: byte " << (long long)i - (long long)(kGuard + offset_)
-               << " (region of " << bytes_ << " bytes) is 0x" << std::hex << (int)image[i];
-    }
-    out->assign(image.begin() + kGuard + offset_, image.begin() + kGuard + offset_ + bytes_);
-    return testing::AssertionSuccess();
-  }
-
- private:
-  size_t bytes_, offset_;
-  DeviceBuffer buffer_;
-};
-
-testing::AssertionResult SameBytes(const std::vector<uint8_t> &cpu, const std::vector<uint8_t> &gpu, const char *what) {
-  if (cpu.size() != gpu.size())
-    return testing::AssertionFailure() << what << ": sizes " << cpu.size() << " and " << gpu.size();
-  size_t bad = 0, first = 0;
-  for (size_t i = 0; i < cpu.size(); i++)
-    if (cpu[i] != gpu[i] && bad++ == 0)
-      first = i;
-  if (!bad)
-    return testing::AssertionSuccess();
-  char text[160];
-  std::snprintf(text, sizeof text, "%s: %zu of %zu bytes differ; first at byte %zu: CPU 0x%02x, GPU 0x%02x", what, bad,
-                cpu.size(), first, cpu[first], gpu[first]);
-  return testing::AssertionFailure() << text;
 }
 
 testing::AssertionResult SameFloats(const std::vector<float> &cpu, const std::vector<uint8_t> &gpu_bytes,
@@ -569,14 +502,6 @@ class CublasHandle {
   cublasHandle_t h_ = nullptr;
   cublasStatus_t status_;
 };
-
-template <typename T>
-std::vector<uint8_t> Bytes(const std::vector<T> &v) {
-  std::vector<uint8_t> b(v.size() * sizeof(T));
-  if (!b.empty())
-    std::memcpy(b.data(), v.data(), b.size());
-  return b;
-}
 
 enum class Matrix { kGauss, kZero, kRankOne };
 
