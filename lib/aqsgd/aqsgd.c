@@ -1,7 +1,8 @@
-/* The AQ-SGD sender and receiver contexts: configuration, the split of a call into
- * first-visit (full precision) and later (quantized delta) rows, the frame around the
- * payload, and the choice between the CPU twins and the CUDA kernels (see aqsgd.h for the
- * rules and the format; aqsgd_internal.h for the arithmetic).
+/* The AQ-SGD sender and receiver contexts: the split of a call into first-visit (full
+ * precision) and later (quantized delta) rows, the frame around the payload, the checks of a
+ * received frame, and the host paths (the CPU twins); where the arithmetic runs is decided
+ * here, the device paths are in device.c and the configuration in config.c (see aqsgd.h for
+ * the rules and the format; aqsgd_internal.h for the arithmetic).
  *
  * Both ends share one structure (lh_aq_end): they hold the same kind of state and must make
  * the same decisions (which rows are first visits, which rows they use) from the same inputs,
@@ -9,42 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aqsgd/aqsgd_internal.h"
+#include "aqsgd/context.h"
 #include "aqsgd/frame.h"
 #include "aqsgd/store_internal.h"
 #include "common/internal.h"
-
-#ifdef LH_HAVE_CUDA
-#include <cuda_runtime.h>
-#endif
-
-/* The rows of one call, reordered: first-visit rows first, then the quantized ones. Position
- * k of every array describes the same row; rows[k] is its position in the caller's batch. */
-typedef struct aq_split {
-  size_t full, delta;
-  uint32_t *rows;
-  int64_t *ids, *slots;
-  uint32_t *visits;
-} aq_split;
-
-typedef struct lh_aq_end {
-  const char *role; /* "sender" or "receiver", for messages */
-  lh_aq_config cfg; /* resolved */
-  lh_aq_qparams fwd, bwd;
-  size_t elems;     /* per example: tokens x channels */
-  lh_aq_store store;
-  int own_store;
-  lh_aq_stats stats;
-  int broken;       /* an encode failed half way: the buffers may differ from the peer's */
-  /* host scratch, grown to the largest call */
-  size_t cap;
-  int64_t *slots, *split_ids, *split_slots;
-  uint32_t *visits, *split_visits, *split_rows;
-  void *host_buf;   /* staging of activations, or an aligned payload */
-  size_t host_buf_bytes;
-  void *device_buf; /* row metadata, payload and staged activations on the device */
-  size_t device_buf_bytes;
-} lh_aq_end;
 
 struct lh_aq_sender_s {
   lh_aq_end end;
@@ -52,172 +21,6 @@ struct lh_aq_sender_s {
 struct lh_aq_receiver_s {
   lh_aq_end end;
 };
-
-/* ---- names -------------------------------------------------------------------------------- */
-static const char *const dtype_names[] = {"fp32", "fp16", "bf16"};
-static const char *const mode_names[] = {"delta", "direct", "off"};
-
-lh_status lh_aq_dtype_name(lh_aq_dtype dtype, const char **name) {
-  if (!name)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_dtype_name: name is NULL");
-  if ((unsigned)dtype > LH_AQ_BF16)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_dtype_name: %d is not an lh_aq_dtype (0-2)", (int)dtype);
-  *name = dtype_names[dtype];
-  return LH_SUCCESS;
-}
-lh_status lh_aq_mode_name(lh_aq_mode mode, const char **name) {
-  if (!name)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_mode_name: name is NULL");
-  if ((unsigned)mode > LH_AQ_OFF)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_mode_name: %d is not an lh_aq_mode (0-2)", (int)mode);
-  *name = mode_names[mode];
-  return LH_SUCCESS;
-}
-lh_status lh_aq_dtype_parse(const char *name, lh_aq_dtype *dtype) {
-  if (!name || !dtype)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_dtype_parse: NULL argument");
-  for (int i = 0; i <= LH_AQ_BF16; i++)
-    if (strcmp(name, dtype_names[i]) == 0) {
-      *dtype = (lh_aq_dtype)i;
-      return LH_SUCCESS;
-    }
-  return lh_error(LH_ERR_INVALID_ARGUMENT, "'%s' is not a data type: expected fp32, fp16 or bf16", name);
-}
-lh_status lh_aq_mode_parse(const char *name, lh_aq_mode *mode) {
-  if (!name || !mode)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_mode_parse: NULL argument");
-  for (int i = 0; i <= LH_AQ_OFF; i++)
-    if (strcmp(name, mode_names[i]) == 0) {
-      *mode = (lh_aq_mode)i;
-      return LH_SUCCESS;
-    }
-  return lh_error(LH_ERR_INVALID_ARGUMENT, "'%s' is not an AQ-SGD mode: expected delta, direct or off", name);
-}
-
-/* ---- configuration ------------------------------------------------------------------------ */
-static lh_status bits_in_range(const char *what, int *bits, int fallback) {
-  if (*bits == 0)
-    *bits = fallback;
-  if (*bits < 2 || *bits > 8)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_config.%s = %d: expected 2 to 8 (0 for %d)", what, *bits,
-                    fallback);
-  return LH_SUCCESS;
-}
-
-/* Checks a caller's config and fills in the defaults. */
-static lh_status resolve(const lh_aq_config *in, lh_aq_config *out) {
-  if (!in)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_config is NULL");
-  if (in->size != sizeof(lh_aq_config))
-    return lh_error(LH_ERR_INVALID_ARGUMENT,
-                    "lh_aq_config.size is %zu, expected %zu: initialise it with LH_AQ_CONFIG_INIT", in->size,
-                    sizeof(lh_aq_config));
-  lh_aq_config c = *in;
-  if (c.examples == 0)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_config.examples is 0: set the number of training examples");
-  if (c.examples > (size_t)INT64_MAX / 2)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_config.examples = %zu is too large", c.examples);
-  if (c.tokens == 0)
-    c.tokens = 1;
-  if (c.channels == 0)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_config.channels is 0: set the activation's width");
-  if (c.tokens > UINT32_MAX || c.channels > UINT32_MAX || c.tokens > SIZE_MAX / 4 / c.channels)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_config: tokens %zu x channels %zu is too large", c.tokens,
-                    c.channels);
-  if ((unsigned)c.dtype > LH_AQ_BF16 || (unsigned)c.storage > LH_AQ_BF16)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_config: dtype %d / storage %d: expected LH_AQ_FP32, FP16 or BF16",
-                    (int)c.dtype, (int)c.storage);
-  if ((unsigned)c.mode > LH_AQ_OFF)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_config.mode = %d: expected LH_AQ_DELTA, DIRECT or OFF",
-                    (int)c.mode);
-  LH_CHECK(bits_in_range("forward_bits", &c.forward_bits, 4));
-  LH_CHECK(bits_in_range("backward_bits", &c.backward_bits, 8));
-  if ((unsigned)c.quantizer > LH_AQ_PER_TOKEN_GROUP)
-    return lh_error(LH_ERR_INVALID_ARGUMENT,
-                    "lh_aq_config.quantizer = %d: expected LH_AQ_PER_CHANNEL or LH_AQ_PER_TOKEN_GROUP",
-                    (int)c.quantizer);
-  if (c.quantizer == LH_AQ_PER_TOKEN_GROUP) {
-    if (c.group == 0)
-      c.group = 128;
-    if (c.group != 32 && c.group != 64 && c.group != 128)
-      return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_config.group = %d: expected 32, 64 or 128 channels", c.group);
-    if (c.channels % (size_t)c.group != 0)
-      return lh_error(LH_ERR_INVALID_ARGUMENT,
-                      "lh_aq_config: group %d does not divide channels %zu (per-token groups must tile a token)",
-                      c.group, c.channels);
-  } else {
-    c.group = 0;
-  }
-  if (c.rounding != LH_ROUND_NEAREST && c.rounding != LH_ROUND_STOCHASTIC)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_config.rounding = %d: expected nearest or stochastic",
-                    (int)c.rounding);
-  if (c.warmup_epochs == 0)
-    c.warmup_epochs = 1;
-  if (c.warmup_epochs < 1)
-    return lh_error(LH_ERR_INVALID_ARGUMENT,
-                    "lh_aq_config.warmup_epochs = %d: the first visit is always sent at full precision, so "
-                    "it must be >= 1 (0 for the default 1)",
-                    c.warmup_epochs);
-  if (c.boundary < 0 || c.boundary > 0x7FFF)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_config.boundary = %d: expected 0 to 32767", c.boundary);
-  *out = c;
-  return LH_SUCCESS;
-}
-
-static lh_aq_qparams qparams_of(const lh_aq_config *c, int backward) {
-  lh_aq_qparams p;
-  memset(&p, 0, sizeof p);
-  p.tokens = c->tokens;
-  p.channels = c->channels;
-  p.bits = backward ? c->backward_bits : c->forward_bits;
-  p.quantizer = (int)c->quantizer;
-  p.group = c->group;
-  p.stochastic = c->rounding == LH_ROUND_STOCHASTIC;
-  p.dtype = (int)c->dtype;
-  p.storage = (int)c->storage;
-  p.seed = c->seed;
-  p.stream = 2u * (uint32_t)c->boundary + (backward ? 1u : 0u);
-  return p;
-}
-
-/* Does the mode keep buffer rows / visit counts? */
-static int keeps_rows(const lh_aq_config *c) { return c->mode == LH_AQ_DELTA; }
-static int keeps_visits(const lh_aq_config *c) { return c->mode != LH_AQ_OFF; }
-
-/* Payload bytes of a forward call with `full` rows at full precision and `delta` quantized. */
-static size_t forward_payload(const lh_aq_config *c, const lh_aq_qparams *p, size_t full, size_t delta) {
-  size_t row = c->tokens * c->channels * lh_aq_dtype_bytes((int)c->storage);
-  return full * row + lh_aq_scale_count(p, delta) * 2 + lh_aq_code_bytes(p, delta);
-}
-static size_t backward_payload(const lh_aq_config *c, const lh_aq_qparams *p, size_t count) {
-  if (c->mode == LH_AQ_OFF)
-    return count * c->tokens * c->channels * lh_aq_dtype_bytes((int)c->storage);
-  return lh_aq_scale_count(p, count) * 2 + lh_aq_code_bytes(p, count);
-}
-
-lh_status lh_aq_max_frame_bytes(const lh_aq_config *config, size_t count, int backward, size_t *bytes) {
-  if (!bytes)
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_max_frame_bytes: bytes is NULL");
-  lh_aq_config c;
-  LH_CHECK(resolve(config, &c));
-  if (count > UINT32_MAX || count > SIZE_MAX / 8 / (c.tokens * c.channels))
-    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_max_frame_bytes: %zu examples is too many for one frame", count);
-  lh_aq_qparams p = qparams_of(&c, backward);
-  size_t most;
-  if (backward) {
-    most = backward_payload(&c, &p, count);
-  } else if (c.mode == LH_AQ_OFF || count == 0) {
-    most = forward_payload(&c, &p, count, 0);
-  } else {
-    /* A full row costs more than a quantized one (>= 16 bits against <= 8 per element), so the
-     * largest frame is all full rows or, with per-channel scales, one quantized row. */
-    size_t all_full = forward_payload(&c, &p, count, 0);
-    size_t one_delta = forward_payload(&c, &p, count - 1, 1);
-    most = all_full > one_delta ? all_full : one_delta;
-  }
-  *bytes = LH_AQ_FRAME_HEADER_BYTES + most;
-  return LH_SUCCESS;
-}
 
 /* ---- create / free ------------------------------------------------------------------------ */
 static void end_release(lh_aq_end *e) {
@@ -239,14 +42,14 @@ static void end_release(lh_aq_end *e) {
 static lh_status end_init(lh_aq_end *e, const lh_aq_config *config, const char *role) {
   memset(e, 0, sizeof *e);
   e->role = role;
-  LH_CHECK(resolve(config, &e->cfg));
-  e->fwd = qparams_of(&e->cfg, 0);
-  e->bwd = qparams_of(&e->cfg, 1);
+  LH_CHECK(lh_aq_resolve(config, &e->cfg));
+  e->fwd = lh_aq_qparams_of(&e->cfg, 0);
+  e->bwd = lh_aq_qparams_of(&e->cfg, 1);
   e->elems = e->cfg.tokens * e->cfg.channels;
   e->stats.size = sizeof e->stats;
-  if (!keeps_visits(&e->cfg))
+  if (!lh_aq_keeps_visits(&e->cfg))
     return LH_SUCCESS; /* OFF: stateless (a store given is not used) */
-  size_t row_bytes = keeps_rows(&e->cfg) ? e->elems * lh_aq_dtype_bytes((int)e->cfg.storage) : 0;
+  size_t row_bytes = lh_aq_keeps_rows(&e->cfg) ? e->elems * lh_aq_dtype_bytes((int)e->cfg.storage) : 0;
   if (e->cfg.store) {
     LH_CHECK(lh_aq_store_claim(e->cfg.store, row_bytes));
     if (e->cfg.store->config.examples < e->cfg.examples) {
@@ -390,14 +193,14 @@ static lh_status check_ids_in_range(const lh_aq_end *e, const int64_t *ids, size
 
 /* Looks the ids up (checking them) and orders the rows: first visits, then the rest. Rows are
  * not yet assigned to new examples (lh_aq_store_assign does that once nothing can fail). */
-static lh_status split_call(lh_aq_end *e, const int64_t *ids, size_t count, int forward, aq_split *s) {
+static lh_status split_call(lh_aq_end *e, const int64_t *ids, size_t count, int forward, lh_aq_split *s) {
   LH_CHECK(grow_scratch(e, count));
   memset(s, 0, sizeof *s);
   s->rows = e->split_rows;
   s->ids = e->split_ids;
   s->slots = e->split_slots;
   s->visits = e->split_visits;
-  if (!keeps_visits(&e->cfg)) {
+  if (!lh_aq_keeps_visits(&e->cfg)) {
     LH_CHECK(check_ids_in_range(e, ids, count));
     for (size_t i = 0; i < count; i++) {
       s->rows[i] = (uint32_t)i;
@@ -429,8 +232,8 @@ static lh_status split_call(lh_aq_end *e, const int64_t *ids, size_t count, int 
 }
 
 /* Gives rows to first-visit examples (all or nothing) and copies their slots into the split. */
-static lh_status assign_rows(lh_aq_end *e, const int64_t *ids, size_t count, aq_split *s) {
-  if (!keeps_rows(&e->cfg))
+static lh_status assign_rows(lh_aq_end *e, const int64_t *ids, size_t count, lh_aq_split *s) {
+  if (!lh_aq_keeps_rows(&e->cfg))
     return LH_SUCCESS;
   LH_CHECK(lh_aq_store_assign(e->store, ids, count, e->slots));
   for (size_t k = 0; k < count; k++)
@@ -439,11 +242,10 @@ static lh_status assign_rows(lh_aq_end *e, const int64_t *ids, size_t count, aq_
 }
 
 /* ---- where the arithmetic runs ------------------------------------------------------------- */
-static void *store_rows(const lh_aq_end *e) { return keeps_rows(&e->cfg) ? e->store->base : NULL; }
 
 /* On the device when the buffers are, or (without buffers) when the caller's tensor is. */
 static int runs_on_device(const lh_aq_end *e, const void *tensor) {
-  if (keeps_rows(&e->cfg))
+  if (lh_aq_keeps_rows(&e->cfg))
     return e->store->on_device;
   return lh_is_device_pointer(tensor);
 }
@@ -461,7 +263,7 @@ static lh_status host_scratch(lh_aq_end *e, size_t bytes, void **out) {
 }
 
 /* The quantized part of a forward payload (the full rows come first): scales then codes. */
-static lh_status check_scales(lh_aq_end *e, const uint16_t *scales, size_t n, const aq_split *s, size_t first,
+lh_status lh_aq_check_scales(lh_aq_end *e, const uint16_t *scales, size_t n, const lh_aq_split *s, size_t first,
                               const lh_aq_qparams *p) {
   for (size_t i = 0; i < n; i++)
     if (scales[i] >= 0x7C00u) {
@@ -480,9 +282,9 @@ static lh_status check_scales(lh_aq_end *e, const uint16_t *scales, size_t n, co
 }
 
 /* Sum |a - m|^2 and |a|^2 over the quantized rows, before the update (host data only). */
-static void track_drift(lh_aq_end *e, const void *act, const aq_split *s) {
+static void track_drift(lh_aq_end *e, const void *act, const lh_aq_split *s) {
   const lh_aq_qparams *p = &e->fwd;
-  const void *m = store_rows(e);
+  const void *m = lh_aq_end_rows(e);
   double num = 0, den = 0;
   for (size_t k = s->full; k < s->full + s->delta; k++) {
     size_t a0 = (size_t)s->rows[k] * e->elems, m0 = (size_t)s->slots[k] * e->elems;
@@ -498,9 +300,9 @@ static void track_drift(lh_aq_end *e, const void *act, const aq_split *s) {
 }
 
 /* Forward payload on the host: full rows, then (per-channel: checked scales first) the codes. */
-static lh_status encode_forward_host(lh_aq_end *e, const void *act, const aq_split *s, uint8_t *payload) {
+static lh_status encode_forward_host(lh_aq_end *e, const void *act, const lh_aq_split *s, uint8_t *payload) {
   const lh_aq_qparams *p = &e->fwd;
-  void *m = store_rows(e);
+  void *m = lh_aq_end_rows(e);
   size_t row = e->elems * lh_aq_dtype_bytes(p->storage);
   uint16_t *scales = (uint16_t *)(void *)(payload + s->full * row);
   size_t nscales = lh_aq_scale_count(p, s->delta);
@@ -508,110 +310,21 @@ static lh_status encode_forward_host(lh_aq_end *e, const void *act, const aq_spl
   const uint32_t *drows = s->rows + s->full;
   if (s->delta && p->quantizer == LH_AQ_Q_PER_CHANNEL) {
     lh_aq_channel_scales(p, act, drows, m, s->slots + s->full, s->delta, scales);
-    LH_CHECK(check_scales(e, scales, nscales, s, s->full, p));
+    LH_CHECK(lh_aq_check_scales(e, scales, nscales, s, s->full, p));
   }
   if (e->cfg.track_drift && e->cfg.mode == LH_AQ_DELTA)
     track_drift(e, act, s);
   lh_aq_full_encode(p, act, s->rows, m, s->slots, s->full, payload);
   if (s->delta) {
     lh_aq_encode(p, act, drows, m, s->slots + s->full, s->ids + s->full, s->visits + s->full, s->delta, scales, codes);
-    lh_status st = check_scales(e, scales, nscales, s, s->full, p);
+    lh_status st = lh_aq_check_scales(e, scales, nscales, s, s->full, p);
     if (st != LH_SUCCESS) {
-      e->broken = keeps_rows(&e->cfg); /* the group quantizer updated the buffers as it went */
+      e->broken = lh_aq_keeps_rows(&e->cfg); /* the group quantizer updated the buffers as it went */
       return st;
     }
   }
   return LH_SUCCESS;
 }
-
-#ifdef LH_HAVE_CUDA
-static lh_status cuda_failed(lh_aq_end *e, int rc, const char *what) {
-  e->broken = keeps_rows(&e->cfg);
-  return lh_error(LH_ERR_CUDA, "AQ-SGD %s: %s: %s", e->role, what, cudaGetErrorString((cudaError_t)rc));
-}
-
-/* Device scratch: the split's arrays, then `payload` bytes, then `staging` bytes. */
-typedef struct device_call {
-  uint32_t *rows;
-  int64_t *ids, *slots;
-  uint32_t *visits;
-  uint8_t *payload;
-  void *staging;
-} device_call;
-
-static size_t round_up8(size_t n) { return (n + 7) & ~(size_t)7; }
-
-static lh_status device_prepare(lh_aq_end *e, const aq_split *s, size_t count, size_t payload, size_t staging,
-                                device_call *d) {
-  size_t meta = round_up8(count * 4) * 2 + count * 16;
-  size_t need = meta + round_up8(payload) + staging;
-  if (need > e->device_buf_bytes) {
-    lh_device_free(e->device_buf);
-    e->device_buf = NULL;
-    e->device_buf_bytes = 0;
-    LH_CHECK(lh_device_alloc(&e->device_buf, need));
-    e->device_buf_bytes = need;
-  }
-  uint8_t *base = e->device_buf;
-  d->ids = (int64_t *)(void *)base;
-  d->slots = d->ids + count;
-  d->rows = (uint32_t *)(void *)(base + count * 16);
-  d->visits = (uint32_t *)(void *)(base + count * 16 + round_up8(count * 4));
-  d->payload = base + meta;
-  d->staging = staging ? base + meta + round_up8(payload) : NULL;
-  if (count) {
-    LH_CHECK(lh_copy_to_device(d->ids, s->ids, count * 8));
-    LH_CHECK(lh_copy_to_device(d->slots, s->slots, count * 8));
-    LH_CHECK(lh_copy_to_device(d->rows, s->rows, count * 4));
-    LH_CHECK(lh_copy_to_device(d->visits, s->visits, count * 4));
-  }
-  return LH_SUCCESS;
-}
-
-/* The same payload as encode_forward_host, made by the kernels on the device. */
-static lh_status encode_forward_device(lh_aq_end *e, const void *act, const aq_split *s, size_t count,
-                                       uint8_t *payload, size_t payload_bytes) {
-  const lh_aq_qparams *p = &e->fwd;
-  void *m = store_rows(e);
-  size_t act_bytes = count * e->elems * lh_aq_dtype_bytes(p->dtype);
-  int staged = !lh_is_device_pointer(act);
-  device_call d;
-  LH_CHECK(device_prepare(e, s, count, payload_bytes, staged ? act_bytes : 0, &d));
-  if (staged) {
-    LH_CHECK(lh_copy_to_device(d.staging, act, act_bytes));
-    act = d.staging;
-  }
-  size_t row = e->elems * lh_aq_dtype_bytes(p->storage);
-  uint16_t *scales = (uint16_t *)(void *)(d.payload + s->full * row);
-  size_t nscales = lh_aq_scale_count(p, s->delta);
-  uint8_t *codes = (uint8_t *)(scales + nscales);
-  if (s->delta && p->quantizer == LH_AQ_Q_PER_CHANNEL) {
-    int rc = lh_cuda_aq_channel_scales(p, act, d.rows + s->full, m, d.slots + s->full, s->delta, scales, NULL);
-    if (rc)
-      return cuda_failed(e, rc, "the per-channel scale kernel");
-    uint16_t *host_scales = (uint16_t *)(void *)(payload + s->full * row);
-    LH_CHECK(lh_copy_to_host(host_scales, scales, nscales * 2));
-    LH_CHECK(check_scales(e, host_scales, nscales, s, s->full, p));
-  }
-  int rc = lh_cuda_aq_full_encode(p, act, d.rows, m, d.slots, s->full, d.payload, NULL);
-  if (!rc && s->delta)
-    rc = lh_cuda_aq_encode(p, act, d.rows + s->full, m, d.slots + s->full, d.ids + s->full, d.visits + s->full,
-                           s->delta, scales, codes, NULL);
-  if (rc)
-    return cuda_failed(e, rc, "the AQ-SGD encode kernels");
-  lh_status st = lh_copy_to_host(payload, d.payload, payload_bytes);
-  if (st != LH_SUCCESS) {
-    e->broken = keeps_rows(&e->cfg);
-    return st;
-  }
-  if (s->delta) {
-    st = check_scales(e, (const uint16_t *)(const void *)(payload + s->full * row), nscales, s, s->full, p);
-    if (st != LH_SUCCESS)
-      e->broken = keeps_rows(&e->cfg);
-  }
-  return st;
-}
-#endif
 
 /* ---- forward ------------------------------------------------------------------------------- */
 static lh_status check_call(const lh_aq_end *e, const char *fn, const void *tensor, const int64_t *ids, size_t count,
@@ -662,9 +375,9 @@ lh_status lh_aq_send(lh_aq_sender sender, const void *act, const int64_t *ids, s
     return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_send: NULL sender or frame_bytes");
   lh_aq_end *e = &sender->end;
   LH_CHECK(check_call(e, "lh_aq_send", act, ids, count, frame));
-  aq_split s;
+  lh_aq_split s;
   LH_CHECK(split_call(e, ids, count, 1, &s));
-  size_t payload_bytes = forward_payload(&e->cfg, &e->fwd, s.full, s.delta);
+  size_t payload_bytes = lh_aq_forward_payload(&e->cfg, &e->fwd, s.full, s.delta);
   if (capacity < LH_AQ_FRAME_HEADER_BYTES + payload_bytes)
     return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_send: the frame needs %zu bytes, the buffer has %zu",
                     LH_AQ_FRAME_HEADER_BYTES + payload_bytes, capacity);
@@ -675,7 +388,7 @@ lh_status lh_aq_send(lh_aq_sender sender, const void *act, const int64_t *ids, s
   lh_status st;
 #ifdef LH_HAVE_CUDA
   if (runs_on_device(e, act)) {
-    st = encode_forward_device(e, act, &s, count, payload, payload_bytes);
+    st = lh_aq_device_encode_forward(e, act, &s, count, payload, payload_bytes);
   } else if (lh_is_device_pointer(act)) {
     size_t act_bytes = count * e->elems * lh_aq_dtype_bytes(e->fwd.dtype);
     void *host = malloc(act_bytes ? act_bytes : 1);
@@ -697,7 +410,7 @@ lh_status lh_aq_send(lh_aq_sender sender, const void *act, const int64_t *ids, s
     memcpy((uint8_t *)frame + LH_AQ_FRAME_HEADER_BYTES, payload, payload_bytes);
   lh_aq_frame_header h = header_of(e, LH_AQ_KIND_FORWARD, &e->fwd, count, s.full, ids);
   lh_aq_frame_write(&h, frame, payload_bytes);
-  if (keeps_visits(&e->cfg))
+  if (lh_aq_keeps_visits(&e->cfg))
     lh_aq_store_count_visits(e->store, ids, count);
   *frame_bytes = LH_AQ_FRAME_HEADER_BYTES + payload_bytes;
   e->stats.frames++;
@@ -746,9 +459,9 @@ static lh_status check_frame(lh_aq_end *e, const char *fn, const uint8_t *frame,
   return LH_SUCCESS;
 }
 
-static lh_status decode_forward_host(lh_aq_end *e, const uint8_t *payload, const aq_split *s, void *out) {
+static lh_status decode_forward_host(lh_aq_end *e, const uint8_t *payload, const lh_aq_split *s, void *out) {
   const lh_aq_qparams *p = &e->fwd;
-  void *m = store_rows(e);
+  void *m = lh_aq_end_rows(e);
   size_t row = e->elems * lh_aq_dtype_bytes(p->storage);
   const uint16_t *scales = (const uint16_t *)(const void *)(payload + s->full * row);
   const uint8_t *codes = (const uint8_t *)(scales + lh_aq_scale_count(p, s->delta));
@@ -757,31 +470,6 @@ static lh_status decode_forward_host(lh_aq_end *e, const uint8_t *payload, const
     lh_aq_decode(p, codes, scales, m, s->slots + s->full, s->delta, out, s->rows + s->full);
   return LH_SUCCESS;
 }
-
-#ifdef LH_HAVE_CUDA
-static lh_status decode_forward_device(lh_aq_end *e, const uint8_t *payload, size_t payload_bytes, const aq_split *s,
-                                       size_t count, void *out) {
-  const lh_aq_qparams *p = &e->fwd;
-  void *m = store_rows(e);
-  size_t out_bytes = count * e->elems * lh_aq_dtype_bytes(p->dtype);
-  int staged = !lh_is_device_pointer(out);
-  device_call d;
-  LH_CHECK(device_prepare(e, s, count, payload_bytes, staged ? out_bytes : 0, &d));
-  LH_CHECK(lh_copy_to_device(d.payload, payload, payload_bytes));
-  void *dout = staged ? d.staging : out;
-  size_t row = e->elems * lh_aq_dtype_bytes(p->storage);
-  const uint16_t *scales = (const uint16_t *)(const void *)(d.payload + s->full * row);
-  const uint8_t *codes = (const uint8_t *)(scales + lh_aq_scale_count(p, s->delta));
-  int rc = lh_cuda_aq_full_decode(p, d.payload, m, d.slots, s->full, dout, d.rows, NULL);
-  if (!rc && s->delta)
-    rc = lh_cuda_aq_decode(p, codes, scales, m, d.slots + s->full, s->delta, dout, d.rows + s->full, NULL);
-  if (rc)
-    return cuda_failed(e, rc, "the AQ-SGD decode kernels");
-  if (staged)
-    return lh_copy_to_host(out, dout, out_bytes);
-  return cudaDeviceSynchronize() == cudaSuccess ? LH_SUCCESS : cuda_failed(e, (int)cudaGetLastError(), "decode");
-}
-#endif
 
 /* A frame's payload at an address the twins may read as fp32 rows (a copy when unaligned). */
 static lh_status readable_payload(lh_aq_end *e, const void *frame, size_t payload_bytes, const uint8_t **payload) {
@@ -796,31 +484,17 @@ static lh_status readable_payload(lh_aq_end *e, const void *frame, size_t payloa
 }
 
 /* Decodes into out (host or device) from a payload on the host, on whichever side runs it. */
-typedef lh_status (*host_decoder)(lh_aq_end *e, const uint8_t *payload, const aq_split *s, void *out);
+typedef lh_status (*host_decoder)(lh_aq_end *e, const uint8_t *payload, const lh_aq_split *s, void *out);
 
 static lh_status decode_anywhere(lh_aq_end *e, host_decoder on_host, const uint8_t *payload, size_t payload_bytes,
-                                 const aq_split *s, size_t count, int backward, void *out) {
+                                 const lh_aq_split *s, size_t count, int backward, void *out) {
 #ifdef LH_HAVE_CUDA
   size_t out_bytes = count * e->elems * lh_aq_dtype_bytes(e->fwd.dtype);
   /* Gradients have no buffers: they are decoded where the caller wants them. */
   if (backward ? lh_is_device_pointer(out) : runs_on_device(e, out)) {
     if (!backward)
-      return decode_forward_device(e, payload, payload_bytes, s, count, out);
-    const lh_aq_qparams *p = &e->bwd;
-    device_call d;
-    LH_CHECK(device_prepare(e, s, count, payload_bytes, 0, &d));
-    LH_CHECK(lh_copy_to_device(d.payload, payload, payload_bytes));
-    int rc;
-    if (e->cfg.mode == LH_AQ_OFF) {
-      rc = lh_cuda_aq_full_decode(p, d.payload, NULL, d.slots, count, out, d.rows, NULL);
-    } else {
-      const uint16_t *scales = (const uint16_t *)(const void *)d.payload;
-      rc = lh_cuda_aq_decode(p, (const uint8_t *)(scales + lh_aq_scale_count(p, count)), scales, NULL, d.slots, count,
-                             out, d.rows, NULL);
-    }
-    if (rc)
-      return cuda_failed(e, rc, "the AQ-SGD gradient decode kernel");
-    return cudaDeviceSynchronize() == cudaSuccess ? LH_SUCCESS : cuda_failed(e, (int)cudaGetLastError(), "decode");
+      return lh_aq_device_decode_forward(e, payload, payload_bytes, s, count, out);
+    return lh_aq_device_decode_backward(e, payload, payload_bytes, s, count, out);
   }
   if (lh_is_device_pointer(out)) {
     void *host = malloc(out_bytes ? out_bytes : 1);
@@ -848,14 +522,14 @@ lh_status lh_aq_receive(lh_aq_receiver receiver, const void *frame, size_t frame
   LH_CHECK(check_call(e, "lh_aq_receive", act_out, ids, count, frame));
   lh_aq_frame_header h;
   LH_CHECK(check_frame(e, "lh_aq_receive", frame, frame_bytes, LH_AQ_KIND_FORWARD, &e->fwd, ids, count, &h));
-  aq_split s;
+  lh_aq_split s;
   LH_CHECK(split_call(e, ids, count, 1, &s));
   if (h.full != s.full)
     return lh_error(LH_ERR_MISMATCH,
                     "lh_aq_receive: the sender sent %u of %zu examples at full precision, this receiver expected %zu "
                     "(the two ends' visit counts differ: was one of them restarted or given other ids?)",
                     h.full, count, s.full);
-  size_t payload_bytes = forward_payload(&e->cfg, &e->fwd, s.full, s.delta);
+  size_t payload_bytes = lh_aq_forward_payload(&e->cfg, &e->fwd, s.full, s.delta);
   if (frame_bytes != LH_AQ_FRAME_HEADER_BYTES + payload_bytes)
     return lh_error(LH_ERR_CORRUPT, "lh_aq_receive: the frame has %zu bytes, its header implies %zu", frame_bytes,
                     LH_AQ_FRAME_HEADER_BYTES + payload_bytes);
@@ -874,7 +548,7 @@ lh_status lh_aq_receive(lh_aq_receiver receiver, const void *frame, size_t frame
   }
   LH_CHECK(assign_rows(e, ids, count, &s));
   LH_CHECK(decode_anywhere(e, decode_forward_host, payload, payload_bytes, &s, count, 0, act_out));
-  if (keeps_visits(&e->cfg))
+  if (lh_aq_keeps_visits(&e->cfg))
     lh_aq_store_count_visits(e->store, ids, count);
   e->stats.frames++;
   e->stats.wire_bytes += frame_bytes;
@@ -885,7 +559,7 @@ lh_status lh_aq_receive(lh_aq_receiver receiver, const void *frame, size_t frame
 }
 
 /* ---- backward ------------------------------------------------------------------------------ */
-static lh_status encode_backward_host(lh_aq_end *e, const void *grad, const aq_split *s, uint8_t *payload) {
+static lh_status encode_backward_host(lh_aq_end *e, const void *grad, const lh_aq_split *s, uint8_t *payload) {
   const lh_aq_qparams *p = &e->bwd;
   size_t count = s->full + s->delta;
   if (e->cfg.mode == LH_AQ_OFF) {
@@ -897,7 +571,7 @@ static lh_status encode_backward_host(lh_aq_end *e, const void *grad, const aq_s
   if (p->quantizer == LH_AQ_Q_PER_CHANNEL)
     lh_aq_channel_scales(p, grad, s->rows, NULL, s->slots, count, scales);
   lh_aq_encode(p, grad, s->rows, NULL, s->slots, s->ids, s->visits, count, scales, (uint8_t *)(scales + nscales));
-  return check_scales(e, scales, nscales, s, 0, p);
+  return lh_aq_check_scales(e, scales, nscales, s, 0, p);
 }
 
 lh_status lh_aq_send_grad(lh_aq_receiver receiver, const void *grad, const int64_t *ids, size_t count, void *frame,
@@ -906,9 +580,9 @@ lh_status lh_aq_send_grad(lh_aq_receiver receiver, const void *grad, const int64
     return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_send_grad: NULL receiver or frame_bytes");
   lh_aq_end *e = &receiver->end;
   LH_CHECK(check_call(e, "lh_aq_send_grad", grad, ids, count, frame));
-  aq_split s;
+  lh_aq_split s;
   LH_CHECK(split_call(e, ids, count, 0, &s));
-  size_t payload_bytes = backward_payload(&e->cfg, &e->bwd, count);
+  size_t payload_bytes = lh_aq_backward_payload(&e->cfg, &e->bwd, count);
   if (capacity < LH_AQ_FRAME_HEADER_BYTES + payload_bytes)
     return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_aq_send_grad: the frame needs %zu bytes, the buffer has %zu",
                     LH_AQ_FRAME_HEADER_BYTES + payload_bytes, capacity);
@@ -918,27 +592,7 @@ lh_status lh_aq_send_grad(lh_aq_receiver receiver, const void *grad, const int64
   lh_status st;
 #ifdef LH_HAVE_CUDA
   if (lh_is_device_pointer(grad)) {
-    /* Gradients have no buffers: quantize where they are, then copy the payload over. */
-    const lh_aq_qparams *p = &e->bwd;
-    device_call d;
-    LH_CHECK(device_prepare(e, &s, count, payload_bytes, 0, &d));
-    int rc = 0;
-    if (e->cfg.mode == LH_AQ_OFF) {
-      rc = lh_cuda_aq_full_encode(p, grad, d.rows, NULL, d.slots, count, d.payload, NULL);
-    } else {
-      uint16_t *scales = (uint16_t *)(void *)d.payload;
-      if (p->quantizer == LH_AQ_Q_PER_CHANNEL)
-        rc = lh_cuda_aq_channel_scales(p, grad, d.rows, NULL, d.slots, count, scales, NULL);
-      if (!rc)
-        rc = lh_cuda_aq_encode(p, grad, d.rows, NULL, d.slots, d.ids, d.visits, count, scales,
-                               (uint8_t *)(scales + lh_aq_scale_count(p, count)), NULL);
-    }
-    if (rc)
-      return lh_error(LH_ERR_CUDA, "lh_aq_send_grad: the encode kernel: %s", cudaGetErrorString((cudaError_t)rc));
-    LH_CHECK(lh_copy_to_host(payload, d.payload, payload_bytes));
-    st = e->cfg.mode == LH_AQ_OFF
-             ? LH_SUCCESS
-             : check_scales(e, (const uint16_t *)(const void *)payload, lh_aq_scale_count(p, count), &s, 0, p);
+    st = lh_aq_device_encode_backward(e, grad, &s, count, payload, payload_bytes);
   } else
 #endif
   {
@@ -957,7 +611,7 @@ lh_status lh_aq_send_grad(lh_aq_receiver receiver, const void *grad, const int64
   return LH_SUCCESS;
 }
 
-static lh_status decode_backward_host(lh_aq_end *e, const uint8_t *payload, const aq_split *s, void *out) {
+static lh_status decode_backward_host(lh_aq_end *e, const uint8_t *payload, const lh_aq_split *s, void *out) {
   const lh_aq_qparams *p = &e->bwd;
   size_t count = s->full + s->delta;
   if (e->cfg.mode == LH_AQ_OFF) {
@@ -977,9 +631,9 @@ lh_status lh_aq_receive_grad(lh_aq_sender sender, const void *frame, size_t fram
   LH_CHECK(check_call(e, "lh_aq_receive_grad", grad_out, ids, count, frame));
   lh_aq_frame_header h;
   LH_CHECK(check_frame(e, "lh_aq_receive_grad", frame, frame_bytes, LH_AQ_KIND_BACKWARD, &e->bwd, ids, count, &h));
-  aq_split s;
+  lh_aq_split s;
   LH_CHECK(split_call(e, ids, count, 0, &s));
-  size_t payload_bytes = backward_payload(&e->cfg, &e->bwd, count);
+  size_t payload_bytes = lh_aq_backward_payload(&e->cfg, &e->bwd, count);
   if (frame_bytes != LH_AQ_FRAME_HEADER_BYTES + payload_bytes)
     return lh_error(LH_ERR_CORRUPT, "lh_aq_receive_grad: the frame has %zu bytes, its header implies %zu",
                     frame_bytes, LH_AQ_FRAME_HEADER_BYTES + payload_bytes);
