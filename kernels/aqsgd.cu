@@ -4,19 +4,29 @@
 // the twins' whatever the launch shape. Max is exact and order-free, so any reduction tree gives
 // the twins' scales.
 //
-// Work unit: an "octet", the 8 consecutive codes 8u .. 8u + 7 of the call's code stream, which
-// fill exactly `bits` bytes at byte u * bits: a thread owns its octet's bytes and writes them
-// without touching anyone else's, whatever the width. When E = tokens x channels is a multiple
-// of 8 (always for PER_TOKEN_GROUP, whose groups of 32-128 divide the channels) an octet lies
-// in one row, its elements are contiguous in a, m and out, and (pointers 16-byte aligned) a
-// thread moves them with 16-byte accesses. Otherwise (PER_CHANNEL with E not a multiple of 8,
-// and the full-precision rows) each element finds its row on its own: correct, slower, rare.
+// Two families of kernels. The fast ones (encode_group_fast, decode_fast) take most calls:
+// PER_TOKEN_GROUP encodes whose a and m are 16-byte aligned, and decodes with E a multiple of 16
+// and out and m 16-byte aligned. Their work unit is 16 consecutive elements of one row (two
+// octets, 32-byte fp16 accesses), the element types are template parameters (one kernel per
+// pair dtype x storage, so no per-element type switch), the code width is a uniform switch per
+// unit into constant-shift packers (every width 2-8), and fp16 conversions skip codec_math.h's
+// per-element NaN fix-up where no NaN can occur (see "the fast kernels" below). The generic
+// kernels, runtime types and width, handle everything else.
+//
+// Generic work unit: an "octet", the 8 consecutive codes 8u .. 8u + 7 of the call's code stream,
+// which fill exactly `bits` bytes at byte u * bits: a thread owns its octet's bytes and writes
+// them without touching anyone else's, whatever the width (a fast unit owns 2 octets). When E =
+// tokens x channels is a multiple of 8 an octet lies in one row, its elements are contiguous in
+// a, m and out, and (pointers 16-byte aligned) a thread moves them with 16-byte accesses.
+// Otherwise (PER_CHANNEL with E not a multiple of 8, and the full-precision rows) each element
+// finds its row on its own: correct, slower, rare.
 //
 // Kernels:
-//  - encode_group: PER_TOKEN_GROUP's fused sender, one pass: the L = group / 8 threads of a
-//    group are L consecutive lanes of a warp; each loads its 8 deltas d = a - m, the group max of
-//    the bits of |d| is a segmented xor-shuffle max, the first lane writes the scale, and every
-//    lane quantizes its 8 values from registers, writes its code bytes and m' = m + q.
+//  - encode_group_fast / encode_group: PER_TOKEN_GROUP's fused sender, one pass: the lanes of a
+//    group (group / 16 or group / 8) are consecutive lanes of a warp; each loads its deltas
+//    d = a - m, the group max of the bits of |d| is a segmented xor-shuffle max, the first lane
+//    writes the scale, and every lane quantizes its values from registers, writes its code
+//    bytes and m' = m + q.
 //  - channel_max: PER_CHANNEL's scales: each block takes 256 channels over a share of the
 //    (row, token) lines, reduces the max bits in registers and shared memory, and merges its
 //    scale per channel with an atomic max on the fp16 bit pattern (the launcher zeroes the
@@ -25,7 +35,8 @@
 //  - encode_channel: PER_CHANNEL's quantize pass, reading the scales; each block first turns
 //    the channels' scales into multipliers and steps in shared memory (up to kChannelCache
 //    channels; beyond, every element computes its own).
-//  - decode: the receiver, both quantizers: dequantize; with m, m' = m + q in place and out = m'.
+//  - decode_fast / decode: the receiver, both quantizers: dequantize; with m, m' = m + q in
+//    place and out = m'.
 //  - full_encode / full_decode: the full-precision rows (first visits).
 //
 // Bytes per element that must move (fp16 a, m and out; b-bit codes; a scale per 128):
@@ -585,6 +596,343 @@ __global__ void __launch_bounds__(kThreads) full_decode_kernel(AqArgs g, bool ve
   }
 }
 
+// ---- the fast kernels: types known at compile time, 16 elements a thread ----------------------
+//
+// A "unit" is 16 consecutive elements of a row (two octets): the fast kernels run when E is a
+// multiple of 16 (always for PER_TOKEN_GROUP) and a, m and out are 16-byte aligned, so a thread
+// moves its unit with 16-byte accesses whatever the types. The element types are template
+// parameters (no per-element type switch, no conversion computed and thrown away); the code
+// width is a uniform switch per unit into a constant-width packer. The per-unit costs (the row,
+// the slot, the scale's two IEEE divisions, the shuffles) are paid once per 16 elements.
+//
+// Conversions. On the GPU codec_math.h's fp16 conversions are the hardware cvt plus a NaN fix-up
+// per element. The fix-up only changes NaN, so the kernels skip it where no NaN can occur:
+//  - loads check the unit's raw words for an all-ones exponent (inf or NaN) with one add per
+//    word, and use the plain conversion when there is none, codec_math.h's otherwise;
+//  - stores take a promise `no_nan` from the caller (plain conversion, else codec_math.h's):
+//    the sender promises it when the group's scale is below 0x7C00 (then every |d| of the group
+//    is finite, so a, m, the step and q are finite and m + q is not NaN); the receiver when the
+//    scale is below 0x7C00 and its m unit holds no inf or NaN.
+// So every value equals what codec_math.h's functions give, NaN included.
+constexpr int kUnit = 16;
+
+template <int T>
+struct Raw16 {  // one unit of type T as 32-bit words: 16 of fp32, 8 of fp16 / bf16 (two each)
+  static constexpr int kWords = T == LH_AQ_T_FP32 ? 16 : 8;
+  uint32_t w[kWords];
+};
+
+// Bits of an all-ones exponent (inf or NaN) in each element of a word of type T: adding the
+// exponent's low bit to the masked exponent carries into the element's sign bit exactly then.
+template <int T>
+__device__ __forceinline__ uint32_t special_bits(uint32_t w) {
+  if (T == LH_AQ_T_FP32)
+    return ((w & 0x7F800000u) + 0x00800000u) & 0x80000000u;
+  if (T == LH_AQ_T_FP16)
+    return ((w & 0x7C007C00u) + 0x04000400u) & 0x80008000u;
+  return ((w & 0x7F807F80u) + 0x00800080u) & 0x80008000u;
+}
+
+// The plain conversions, equal to codec_math.h's for every input but NaN (and, below, the
+// CPU emulation of these kernels: there they deliberately differ on NaN and infinity, so a
+// wrong promise shows in the tests).
+__device__ __forceinline__ float plain_f16_to_f32(uint16_t h) {
+#if defined(__CUDA_ARCH__)
+  return __half2float(__ushort_as_half(h));
+#else
+  return (h & 0x7C00u) == 0x7C00u ? lh_bits_f32(0x7FC00001u) : lh_f16_to_f32(h);
+#endif
+}
+__device__ __forceinline__ uint32_t plain_f32x2_to_f16x2(float lo, float hi) {
+#if defined(__CUDA_ARCH__)
+  const __half2 h = __floats2half2_rn(lo, hi);  // one cvt.rn.f16x2.f32
+  return *reinterpret_cast<const uint32_t *>(&h);
+#else
+  const uint32_t l = lo != lo ? 0x7E01u : lh_f32_to_f16(lo), u = hi != hi ? 0x7E01u : lh_f32_to_f16(hi);
+  return l | (u << 16);
+#endif
+}
+__device__ __forceinline__ uint16_t plain_f32_to_bf16(float f) {  // lh_f32_to_bf16 without its NaN case
+  uint32_t u = lh_f32_bits(f);
+#if !defined(__CUDA_ARCH__)
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u)
+    return 0x7E01u;
+#endif
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+// Raw words of type T -> fp32 values; returns whether an element was inf or NaN.
+template <int T>
+__device__ __forceinline__ bool unpack16(const Raw16<T> &r, float v[kUnit]) {
+  // (Callers that ignore the answer do not pay for it: the compiler drops the unused test.)
+  uint32_t special = 0;
+#pragma unroll
+  for (int k = 0; k < Raw16<T>::kWords; k++)
+    special |= special_bits<T>(r.w[k]);
+  if (T == LH_AQ_T_FP32) {
+#pragma unroll
+    for (int k = 0; k < kUnit; k++)
+      v[k] = lh_bits_f32(r.w[k]);
+  } else if (T == LH_AQ_T_BF16) {  // exact for every input
+#pragma unroll
+    for (int k = 0; k < kUnit; k++)
+      v[k] = lh_bf16_to_f32((uint16_t)(r.w[k / 2] >> (16 * (k & 1))));
+  } else if (special == 0) {
+#pragma unroll
+    for (int k = 0; k < kUnit; k++)
+      v[k] = plain_f16_to_f32((uint16_t)(r.w[k / 2] >> (16 * (k & 1))));
+  } else {
+#pragma unroll
+    for (int k = 0; k < kUnit; k++)
+      v[k] = lh_f16_to_f32((uint16_t)(r.w[k / 2] >> (16 * (k & 1))));
+  }
+  return special != 0;
+}
+
+// fp32 values -> raw words of type T, rounded to nearest even (codec_math.h's functions; the
+// plain conversions when the caller promises no NaN).
+template <int T>
+__device__ __forceinline__ void pack16(const float v[kUnit], bool no_nan, Raw16<T> &r) {
+  if (T == LH_AQ_T_FP32) {
+#pragma unroll
+    for (int k = 0; k < kUnit; k++)
+      r.w[k] = lh_f32_bits(v[k]);
+  } else if (no_nan) {
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+      r.w[k] = T == LH_AQ_T_FP16 ? plain_f32x2_to_f16x2(v[2 * k], v[2 * k + 1])
+                                 : plain_f32_to_bf16(v[2 * k]) | ((uint32_t)plain_f32_to_bf16(v[2 * k + 1]) << 16);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+      r.w[k] = T == LH_AQ_T_FP16 ? lh_f32_to_f16(v[2 * k]) | ((uint32_t)lh_f32_to_f16(v[2 * k + 1]) << 16)
+                                 : lh_f32_to_bf16(v[2 * k]) | ((uint32_t)lh_f32_to_bf16(v[2 * k + 1]) << 16);
+  }
+}
+
+// Element i .. i + 15 of p (type T), p + i 16-byte aligned.
+template <int T>
+__device__ __forceinline__ void load_raw16(const void *p, size_t i, Raw16<T> &r) {
+  const uint4 *q = reinterpret_cast<const uint4 *>(p) + i * lh_aq_dtype_bytes(T) / 16;
+#pragma unroll
+  for (int k = 0; k < Raw16<T>::kWords / 4; k++) {
+    const uint4 x = q[k];
+    r.w[4 * k] = x.x;
+    r.w[4 * k + 1] = x.y;
+    r.w[4 * k + 2] = x.z;
+    r.w[4 * k + 3] = x.w;
+  }
+}
+template <int T>
+__device__ __forceinline__ void store_raw16(void *p, size_t i, const Raw16<T> &r) {
+  uint4 *q = reinterpret_cast<uint4 *>(p) + i * lh_aq_dtype_bytes(T) / 16;
+#pragma unroll
+  for (int k = 0; k < Raw16<T>::kWords / 4; k++) {
+    uint4 x;
+    x.x = r.w[4 * k];
+    x.y = r.w[4 * k + 1];
+    x.z = r.w[4 * k + 2];
+    x.w = r.w[4 * k + 3];
+    q[k] = x;
+  }
+}
+
+template <int T>
+__device__ __forceinline__ bool load16(const void *p, size_t i, float v[kUnit]) {
+  Raw16<T> r;
+  load_raw16<T>(p, i, r);
+  return unpack16<T>(r, v);
+}
+template <int T>
+__device__ __forceinline__ void store16(void *p, size_t i, const float v[kUnit], bool no_nan) {
+  Raw16<T> r;
+  pack16<T>(v, no_nan, r);
+  store_raw16<T>(p, i, r);
+}
+
+// The 16 codes of a unit: 2 B bytes, LSB first, at any byte address (the code stream has no
+// alignment promise), each octet packed into B bytes with constant shifts.
+template <int B>
+__device__ __forceinline__ void put_codes_w(uint8_t *dst, const uint32_t c[kUnit]) {
+#pragma unroll
+  for (int o = 0; o < 2; o++) {
+    uint64_t packed = 0;
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+      packed |= (uint64_t)c[8 * o + k] << (k * B);
+#pragma unroll
+    for (int i = 0; i < B; i++)
+      dst[o * B + i] = (uint8_t)(packed >> (8 * i));
+  }
+}
+template <int B>
+__device__ __forceinline__ void get_codes_w(const uint8_t *src, uint32_t c[kUnit]) {
+#pragma unroll
+  for (int o = 0; o < 2; o++) {
+    uint64_t packed = 0;
+#pragma unroll
+    for (int i = 0; i < B; i++)
+      packed |= (uint64_t)src[o * B + i] << (8 * i);
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+      c[8 * o + k] = (uint32_t)(packed >> (k * B)) & ((1u << B) - 1u);
+  }
+}
+// The width is the same for every thread: the switch is a uniform branch.
+__device__ __forceinline__ void put_codes(int bits, uint8_t *dst, const uint32_t c[kUnit]) {
+  switch (bits) {
+    case 2: put_codes_w<2>(dst, c); break;
+    case 3: put_codes_w<3>(dst, c); break;
+    case 4: put_codes_w<4>(dst, c); break;
+    case 5: put_codes_w<5>(dst, c); break;
+    case 6: put_codes_w<6>(dst, c); break;
+    case 7: put_codes_w<7>(dst, c); break;
+    default: put_codes_w<8>(dst, c); break;
+  }
+}
+__device__ __forceinline__ void get_codes(int bits, const uint8_t *src, uint32_t c[kUnit]) {
+  switch (bits) {
+    case 2: get_codes_w<2>(src, c); break;
+    case 3: get_codes_w<3>(src, c); break;
+    case 4: get_codes_w<4>(src, c); break;
+    case 5: get_codes_w<5>(src, c); break;
+    case 6: get_codes_w<6>(src, c); break;
+    case 7: get_codes_w<7>(src, c); break;
+    default: get_codes_w<8>(src, c); break;
+  }
+}
+
+// Unit w of a call (E a multiple of 16): its row and first column. g.row_of divides by the
+// units per row here.
+__device__ __forceinline__ void unit_position(const AqArgs &g, size_t w, size_t *r, size_t *j) {
+  *r = (size_t)g.row_of.div(w);
+  *j = (w - *r * (g.E / kUnit)) * kUnit;
+}
+
+// PER_TOKEN_GROUP's fused sender, as encode_group_kernel with units: the L = group / 16 lanes
+// of a group (g.seg_shift = log2 L) are consecutive lanes of a warp.
+template <bool HAS_M, bool STOCH, int AT, int MT>
+__global__ void __launch_bounds__(kThreads) encode_group_fast(AqArgs g) {
+  const int lane = threadIdx.x & 31;
+  const unsigned L = 1u << g.seg_shift;
+  const size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+  const size_t nwarps = ((size_t)gridDim.x * blockDim.x) >> 5;
+  for (size_t base = warp * 32; base < g.units; base += nwarps * 32) {
+    const size_t w = base + lane;
+    const bool active = w < g.units;
+    float d[kUnit], mv[kUnit];
+    size_t r = 0, j = 0, mbase = 0;
+    uint32_t mx = 0;
+    if (active) {
+      unit_position(g, w, &r, &j);
+      load16<AT>(g.a, batch_base(g, r) + j, d);
+      if (HAS_M) {
+        mbase = slot_base(g, r) + j;
+        load16<MT>(g.m, mbase, mv);
+#pragma unroll
+        for (int k = 0; k < kUnit; k++)
+          d[k] = LH_FSUB(d[k], mv[k]);
+      }
+#pragma unroll
+      for (int k = 0; k < kUnit; k++) {
+        const uint32_t b = lh_f32_bits(d[k]) & 0x7FFFFFFFu;
+        mx = b > mx ? b : mx;
+      }
+    }
+    for (unsigned off = L >> 1; off >= 1; off >>= 1) {
+      const uint32_t other = __shfl_xor_sync(kFullMask, mx, off);
+      mx = other > mx ? other : mx;
+    }
+    if (!active)
+      continue;
+    const uint16_t h = lh_aq_scale_from_max_bits(mx);
+    if ((w & (L - 1)) == 0)
+      g.scales[w >> g.seg_shift] = h;
+    const float s = lh_f16_to_f32(h);
+    const float inv = lh_quant_inv_scale(s, g.max_code), step = lh_quant_step(s, g.max_code);
+    uint32_t rnd[kUnit];
+#pragma unroll
+    for (int k = 0; k < kUnit; k++)
+      rnd[k] = 0;
+    if (STOCH) {
+      const lh_rng_key key = row_key(g, r);
+      const uint64_t e0 = (uint64_t)g.ids[r] * g.E + j;
+      octet_random(key, e0, rnd);
+      octet_random(key, e0 + 8, rnd + 8);
+    }
+    uint32_t code[kUnit];
+    float next[kUnit];
+#pragma unroll
+    for (int k = 0; k < kUnit; k++) {
+      code[k] = lh_quant_code(d[k], inv, g.max_code, STOCH, rnd[k]);
+      if (HAS_M)
+        next[k] = LH_FADD(mv[k], lh_dequant_code(code[k], g.max_code, step));
+    }
+    put_codes(g.bits, g.codes + w * 2 * (size_t)g.bits, code);
+    if (HAS_M)
+      store16<MT>(g.m, mbase, next, h < 0x7C00u);
+  }
+}
+
+// The receiver, both quantizers, as decode_kernel with units (PER_TOKEN_GROUP: g.seg_shift =
+// log2(group / 16)). With m: m' = round_to_storage(m + q); out = m' (its bytes when the types
+// are the same, as the twin copies them).
+template <bool HAS_M, bool GROUP, int AT, int MT>
+__global__ void __launch_bounds__(kThreads) decode_fast(AqArgs g) {
+  extern __shared__ float smem[];
+  const ChannelFactors f = GROUP ? ChannelFactors{nullptr, nullptr} : channel_factors(g, smem);
+  for (size_t w = blockIdx.x * (size_t)blockDim.x + threadIdx.x; w < g.units; w += (size_t)gridDim.x * blockDim.x) {
+    size_t r, j;
+    unit_position(g, w, &r, &j);
+    uint32_t code[kUnit];
+    get_codes(g.bits, g.codes_in + w * 2 * (size_t)g.bits, code);
+    float v[kUnit];
+    bool no_nan = false;  // PER_CHANNEL: the channels' steps are not checked; codec_math's stores
+    if (GROUP) {
+      const uint16_t h = g.cscales[w >> g.seg_shift];
+      const float step = lh_quant_step(lh_f16_to_f32(h), g.max_code);
+#pragma unroll
+      for (int k = 0; k < kUnit; k++)
+        v[k] = lh_dequant_code(code[k], g.max_code, step);
+      no_nan = h < 0x7C00u;  // a finite step: q is finite
+    } else {
+      size_t c = j - (size_t)g.chan_of.div(j) * g.channels;
+#pragma unroll
+      for (int k = 0; k < kUnit; k++) {
+        float inv, step;
+        f.get(g, c, &inv, &step);
+        v[k] = lh_dequant_code(code[k], g.max_code, step);
+        if (++c == g.channels)
+          c = 0;
+      }
+    }
+    const size_t obase = batch_base(g, r) + j;
+    if (!HAS_M) {
+      store16<AT>(g.out, obase, v, no_nan);
+      continue;
+    }
+    const size_t mbase = slot_base(g, r) + j;
+    float mv[kUnit];
+    Raw16<MT> mr;
+    load_raw16<MT>(g.m, mbase, mr);
+    const bool m_special = unpack16<MT>(mr, mv);
+#pragma unroll
+    for (int k = 0; k < kUnit; k++)
+      v[k] = LH_FADD(mv[k], v[k]);
+    // A finite m and a finite q give an m + q that is not NaN.
+    no_nan = no_nan && !m_special;
+    pack16<MT>(v, no_nan, mr);
+    store_raw16<MT>(g.m, mbase, mr);
+    if (AT == MT) {
+      store_raw16<MT>(g.out, obase, mr);
+    } else {
+      unpack16<MT>(mr, v);  // the stored m' as fp32 (exact whatever its bits)
+      store16<AT>(g.out, obase, v, no_nan);
+    }
+  }
+}
+
 // ---- launchers -------------------------------------------------------------------------------
 
 bool valid_type(int t) { return t == LH_AQ_T_FP32 || t == LH_AQ_T_FP16 || t == LH_AQ_T_BF16; }
@@ -686,6 +1034,77 @@ void launch_decode(AqArgs g, cudaStream_t s) {
   }
 }
 
+// ---- fast-kernel launchers ---------------------------------------------------------------------
+
+template <int AT, int MT>
+struct TypePair {
+  static constexpr int a = AT, m = MT;
+};
+
+// Calls f(TypePair<dtype, storage>()): one instantiation per pair of types (without m, the
+// storage type is unused and only dtype's three are made).
+template <int AT, bool HAS_M, class F>
+void with_storage(int storage, F &&f) {
+  if constexpr (!HAS_M)
+    f(TypePair<AT, AT>());
+  else if (storage == LH_AQ_T_FP32)
+    f(TypePair<AT, LH_AQ_T_FP32>());
+  else if (storage == LH_AQ_T_FP16)
+    f(TypePair<AT, LH_AQ_T_FP16>());
+  else
+    f(TypePair<AT, LH_AQ_T_BF16>());
+}
+template <bool HAS_M, class F>
+void with_types(int dtype, int storage, F &&f) {
+  if (dtype == LH_AQ_T_FP32)
+    with_storage<LH_AQ_T_FP32, HAS_M>(storage, f);
+  else if (dtype == LH_AQ_T_FP16)
+    with_storage<LH_AQ_T_FP16, HAS_M>(storage, f);
+  else
+    with_storage<LH_AQ_T_BF16, HAS_M>(storage, f);
+}
+
+// The fast kernels' view of a call (E a multiple of 16): units of 16 elements, the row of a
+// unit, and for PER_TOKEN_GROUP the lanes of a group: group / 16.
+void to_units(AqArgs *g) {
+  g->units = g->total / kUnit;
+  g->row_of = make_divider(g->E / kUnit, g->units);
+  if (g->quantizer == LH_AQ_Q_PER_TOKEN_GROUP)
+    g->seg_shift -= 1;  // log2(group / 8) - 1; group >= 32
+}
+
+template <bool HAS_M>
+void launch_encode_group_fast(AqArgs g, cudaStream_t s) {
+  to_units(&g);
+  const unsigned blocks = blocks_for(g.units);
+  with_types<HAS_M>(g.dtype, g.storage, [&](auto t) {
+    using T = decltype(t);
+    if (g.stochastic)
+      encode_group_fast<HAS_M, true, T::a, T::m><<<blocks, kThreads, 0, s>>>(g);
+    else
+      encode_group_fast<HAS_M, false, T::a, T::m><<<blocks, kThreads, 0, s>>>(g);
+  });
+}
+
+template <bool HAS_M>
+void launch_decode_fast(AqArgs g, cudaStream_t s) {
+  to_units(&g);
+  const unsigned blocks = blocks_for(g.units);
+  const bool group = g.quantizer == LH_AQ_Q_PER_TOKEN_GROUP;
+  size_t shared = 0;
+  if (group)
+    g.cached = 0;
+  else
+    shared = channel_cache_bytes(&g);
+  with_types<HAS_M>(g.dtype, g.storage, [&](auto t) {
+    using T = decltype(t);
+    if (group)
+      decode_fast<HAS_M, true, T::a, T::m><<<blocks, kThreads, 0, s>>>(g);
+    else
+      decode_fast<HAS_M, false, T::a, T::m><<<blocks, kThreads, shared, s>>>(g);
+  });
+}
+
 }  // namespace
 
 extern "C" int lh_cuda_aq_channel_scales(const lh_aq_qparams *p, const void *a, const uint32_t *batch_rows,
@@ -752,7 +1171,13 @@ extern "C" int lh_cuda_aq_encode(const lh_aq_qparams *p, const void *a, const ui
   g.vec_m = aligned && m && aligned16(m);
   set_row_divider(&g, aligned);
   cudaStream_t s = (cudaStream_t)stream;
-  if (g.quantizer == LH_AQ_Q_PER_TOKEN_GROUP) {  // E is a multiple of the group, so of 8
+  // PER_TOKEN_GROUP: E is a multiple of the group, so of 16.
+  if (g.quantizer == LH_AQ_Q_PER_TOKEN_GROUP && g.vec_a && (!m || g.vec_m)) {
+    if (m)
+      launch_encode_group_fast<true>(g, s);
+    else
+      launch_encode_group_fast<false>(g, s);
+  } else if (g.quantizer == LH_AQ_Q_PER_TOKEN_GROUP) {
     if (m)
       launch_encode_group<true>(g, s);
     else
@@ -792,7 +1217,15 @@ extern "C" int lh_cuda_aq_decode(const lh_aq_qparams *p, const uint8_t *codes, c
   g.vec_out = aligned && aligned16(out);
   set_row_divider(&g, aligned);
   cudaStream_t s = (cudaStream_t)stream;
-  if (aligned) {
+  // Measured on an H200 (bench/RESULTS.md): with a buffer in 16 bits and fp32 output the
+  // 8-element kernel is faster (363 against 278 G elements/s), so that case stays on it.
+  const bool wide_out_narrow_m = m && g.dtype == LH_AQ_T_FP32 && g.storage != LH_AQ_T_FP32;
+  if (g.E % kUnit == 0 && g.vec_out && (!m || g.vec_m) && !wide_out_narrow_m) {
+    if (m)
+      launch_decode_fast<true>(g, s);
+    else
+      launch_decode_fast<false>(g, s);
+  } else if (aligned) {
     if (m)
       launch_decode<true, true>(g, s);
     else
