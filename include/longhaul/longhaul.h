@@ -13,6 +13,7 @@
 #include <longhaul/compress.h>
 #include <longhaul/aqsgd.h>
 #include <longhaul/pipeline.h>
+#include <longhaul/sched.h>
 #include <longhaul/probe.h>
 #include <longhaul/topo.h>
 

@@ -5,6 +5,7 @@
 
 #include "common/internal.h"
 #include <longhaul/links.h>
+#include "netmodel/ring_model.h"
 
 /* Latency and bandwidth of from -> to as a transfer sees them: a sender's uplink cap, when
  * set, limits every one of its links. */
@@ -30,6 +31,19 @@ lh_status lh_model_p2p(const lh_links *links, int from, int to, size_t bytes, do
   lh_effective_link(links, from, to, &alpha, &beta);
   *seconds = alpha + (double)bytes / beta;
   return LH_SUCCESS;
+}
+
+/* The ring's link k (rank k -> rank k + 1, the last to the first) on a link matrix. */
+typedef struct lh_ring_on_links {
+  const lh_links *links;
+  const int *order; /* NULL: 0 .. ranks - 1 */
+  int ranks;
+} lh_ring_on_links;
+static void lh_ring_link_of_matrix(const void *user, int k, double *alpha, double *beta) {
+  const lh_ring_on_links *ring = user;
+  int next = (k + 1) % ring->ranks;
+  int from = ring->order ? ring->order[k] : k, to = ring->order ? ring->order[next] : next;
+  lh_effective_link(ring->links, from, to, alpha, beta);
 }
 
 /* Checks that order[0..ranks) holds distinct devices of the matrix. */
@@ -68,21 +82,23 @@ lh_status lh_model_ring_allreduce(const lh_links *links, const int *ranks_in_ord
                     devices);
   if (ranks_in_order)
     LH_CHECK(lh_check_ring(devices, ranks_in_order, ranks));
-  if (ranks == 1 || bytes == 0) {
-    *seconds = 0;
-    return LH_SUCCESS;
-  }
+  lh_ring_on_links ring = {links, ranks_in_order, ranks};
+  *seconds = lh_ring_allreduce_seconds(ranks, bytes, chunk_bytes, lh_ring_link_of_matrix, &ring);
+  return LH_SUCCESS;
+}
 
+double lh_ring_allreduce_seconds(int ranks, size_t bytes, size_t chunk_bytes, lh_ring_link_fn link,
+                                 const void *user) {
+  if (ranks <= 1 || bytes == 0)
+    return 0;
   /* Every rank sends one segment per step (rounded up: a step waits for the longest). */
   size_t segment_bytes = bytes / (size_t)ranks + (bytes % (size_t)ranks != 0);
   size_t chunk_bytes_used = (chunk_bytes == 0 || chunk_bytes > segment_bytes) ? segment_bytes : chunk_bytes;
   double segment = (double)segment_bytes, chunk = (double)chunk_bytes_used;
   double step = 0, last = 0;
   for (int k = 0; k < ranks; k++) {
-    int from = ranks_in_order ? ranks_in_order[k] : k;
-    int to = ranks_in_order ? ranks_in_order[(k + 1) % ranks] : (k + 1) % ranks;
     double alpha, beta;
-    lh_effective_link(links, from, to, &alpha, &beta);
+    link(user, k, &alpha, &beta);
     /* A step is bandwidth-bound (all chunks on the wire back to back) or latency-bound (the
      * first chunk must arrive before the receiver can forward it), whichever is slower. */
     double link_step = fmax(segment / beta, chunk / beta + alpha);
@@ -91,6 +107,5 @@ lh_status lh_model_ring_allreduce(const lh_links *links, const int *ranks_in_ord
      * step's arrivals back to back, so it is one segment's wire time plus the latency. */
     last = fmax(last, segment / beta + alpha);
   }
-  *seconds = (2.0 * (ranks - 1) - 1) * step + last;
-  return LH_SUCCESS;
+  return (2.0 * (ranks - 1) - 1) * step + last;
 }
