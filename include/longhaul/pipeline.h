@@ -50,6 +50,7 @@
 #include <longhaul/status.h>
 #include <longhaul/transport.h>
 #include <longhaul/aqsgd.h>
+#include <longhaul/sched.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -116,6 +117,14 @@ lh_status lh_pipeline_position(lh_pipeline pipeline, int *stage, int *replica);
 lh_status lh_pipeline_stage_comm(lh_pipeline pipeline, lh_comm *comm);
 /* The ranks of this rank's replica, one per stage, in stage order (owned by the pipeline). */
 lh_status lh_pipeline_replica_comm(lh_pipeline pipeline, lh_comm *comm);
+
+/* A scheduler's plan (sched.h) as communicators, for programs that run their own stages:
+ * collective over comm, whose size must equal the plan's devices (rank d runs device d). Every
+ * rank gets the ranks of its stage (one per replica, in replica order: its data-parallel
+ * group) and of its replica (one per stage, in stage order: its pipeline); free both with
+ * lh_comm_destroy. For lh_pipeline, pass the plan through lh_plan_placement instead: the
+ * pipeline makes the same two splits itself. */
+lh_status lh_plan_split(lh_comm comm, const lh_plan *plan, lh_comm *stage_comm, lh_comm *replica_comm);
 
 typedef struct lh_pipeline_stats {
   size_t size;                    /* sizeof(lh_pipeline_stats) */

@@ -115,11 +115,12 @@ typedef struct lh_plan_info {
   double lower_bound;            /* for any placement with this pp x dp */
   double gap;                    /* (cost - lower_bound) / cost; 0 when cost is 0 */
   double solve_seconds;          /* 0 for a plan that was not solved */
+  double construct_seconds;      /* of which building and ranking the constructive starts */
   uint64_t seed;
   int restarts;                  /* constructive starts run */
   int budget_hit;                /* 1: the time budget stopped the search (results may then vary) */
 } lh_plan_info;
-#define LH_PLAN_INFO_INIT {sizeof(lh_plan_info), 0, 0, 0, LH_SCHED_PIPELINED, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+#define LH_PLAN_INFO_INIT {sizeof(lh_plan_info), 0, 0, 0, LH_SCHED_PIPELINED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 
 /* ---- solving ------------------------------------------------------------------------------ */
 
@@ -147,6 +148,9 @@ lh_status lh_plan_get_info(const lh_plan *plan, lh_plan_info *info);
 lh_status lh_plan_device(const lh_plan *plan, int device, int *stage, int *replica);
 /* The device of (stage, replica). */
 lh_status lh_plan_device_at(const lh_plan *plan, int stage, int replica, int *device);
+/* The placement arrays lh_pipeline_config takes: stage_of_rank[d], replica_of_rank[d] for the
+ * `ranks` world ranks, which must equal the plan's devices (device d runs on rank d). */
+lh_status lh_plan_placement(const lh_plan *plan, int *stage_of_rank, int *replica_of_rank, int ranks);
 /* Layers of each stage (pp entries), as the objective's model split them. */
 lh_status lh_plan_stage_layers(const lh_plan *plan, const lh_sched_model *model, int *layers, int pp);
 

@@ -202,6 +202,8 @@ void lh_objective_free(lh_objective *obj) {
   free(obj->stage_grad_bytes);
   free(obj->scratch);
   free(obj->path);
+  free(obj->done);
+  free(obj->stage_start);
   memset(obj, 0, sizeof *obj);
 }
 
@@ -226,9 +228,12 @@ lh_status lh_objective_build(const lh_net *net, const lh_sched_config *config, i
   obj->ring_chunk = config->ring_chunk_bytes ? config->ring_chunk_bytes : (size_t)1 << 20;
   obj->stage_layers = lh_malloc((size_t)pp * sizeof(int), "scheduler stage layers");
   obj->stage_grad_bytes = lh_malloc((size_t)pp * sizeof(double), "scheduler stage gradients");
-  obj->scratch = lh_malloc((size_t)pp * 6 * sizeof(double), "scheduler pipeline scratch");
+  obj->scratch = lh_malloc(((size_t)pp + 2 * (size_t)m->micro_batches) * sizeof(double), "scheduler pipeline scratch");
   obj->path = lh_malloc((size_t)pp * sizeof(int), "scheduler pipeline scratch");
-  if (!obj->stage_layers || !obj->stage_grad_bytes || !obj->scratch || !obj->path) {
+  obj->done = lh_malloc((size_t)pp * sizeof(double), "scheduler pipeline scratch");
+  obj->stage_start = lh_malloc((size_t)pp * sizeof(double), "scheduler pipeline scratch");
+  if (!obj->stage_layers || !obj->stage_grad_bytes || !obj->scratch || !obj->path || !obj->done ||
+      !obj->stage_start) {
     lh_objective_free(obj);
     return LH_ERR_OUT_OF_MEMORY;
   }
@@ -274,40 +279,54 @@ double lh_dtfm_group_cost(const lh_objective *obj, int n, const int *group, int 
   return worst;
 }
 
-/* One direction of a replica's pass: a flow shop of m identical micro-batches through
- * `stages` computes and the links between them. */
-static double lh_flow_shop(const double *compute, const double *occupancy, const double *latency, int stages, int m) {
-  double sum = 0, slowest = 0;
-  for (int k = 0; k < stages; k++) {
-    sum += compute[k];
-    slowest = fmax(slowest, compute[k]);
-  }
-  for (int k = 0; k + 1 < stages; k++) {
-    sum += occupancy[k] + latency[k];
-    slowest = fmax(slowest, occupancy[k]);
-  }
-  return sum + (m - 1) * slowest;
-}
-
-double lh_pipelined_replica_time(const lh_net *net, const lh_objective *obj, const int *path) {
-  int n = net->n, P = obj->pp;
-  double *fc = obj->scratch, *bc = fc + P, *fo = bc + P, *bo = fo + P, *fl = bo + P, *bl = fl + P;
+/* One replica's GPipe pass, event by event: stage k's device runs the m forwards in order,
+ * each when its input has arrived; a link carries one message at a time (its occupancy) and
+ * delivers it a latency later; the last stage turns to the backwards once its forwards are
+ * done, and every device runs its backwards after its own forwards. done[k] gets the time
+ * stage k finishes its last backward. Returns the replica's end (stage 0's last backward). */
+double lh_pipelined_replica(const lh_net *net, const lh_objective *obj, const int *path, double *done) {
+  int n = net->n, P = obj->pp, m = obj->m;
+  double *avail = obj->scratch, *finish = avail + m, *forwards_end = finish + m;
+  for (int j = 0; j < m; j++)
+    avail[j] = 0;
   for (int k = 0; k < P; k++) {
     /* A layer's backward costs about twice its forward. */
-    double c = obj->stage_layers[k] * obj->layer_seconds / net->speed[path[k]];
-    fc[k] = c / 3;
-    bc[k] = c - fc[k];
+    double c = obj->stage_layers[k] * obj->layer_seconds / net->speed[path[k]], f = c / 3;
+    double t = 0;
+    for (int j = 0; j < m; j++) {
+      t = (avail[j] > t ? avail[j] : t) + f;
+      finish[j] = t;
+    }
+    forwards_end[k] = t;
     if (k + 1 < P) {
-      size_t f = (size_t)path[k] * n + path[k + 1], b = (size_t)path[k + 1] * n + path[k];
-      fo[k] = obj->fwd_bytes / net->beta_dir[f];
-      fl[k] = net->alpha_dir[f];
-      bo[k] = obj->bwd_bytes / net->beta_dir[b];
-      bl[k] = net->alpha_dir[b];
+      size_t link = (size_t)path[k] * n + path[k + 1];
+      double occupancy = obj->fwd_bytes / net->beta_dir[link], free_at = 0;
+      for (int j = 0; j < m; j++) {
+        free_at = (finish[j] > free_at ? finish[j] : free_at) + occupancy;
+        avail[j] = free_at + net->alpha_dir[link];
+      }
     }
   }
-  /* The backward pass runs the same shop in reverse; the order of a sum of stages does not
-   * change which is slowest, and summing forward keeps one code path. */
-  return lh_flow_shop(fc, fo, fl, P, obj->m) + lh_flow_shop(bc, bo, bl, P, obj->m);
+  for (int j = 0; j < m; j++)
+    avail[j] = 0; /* the last stage's backward inputs are its own forwards */
+  for (int k = P - 1; k >= 0; k--) {
+    double c = obj->stage_layers[k] * obj->layer_seconds / net->speed[path[k]], b = c - c / 3;
+    double t = forwards_end[k];
+    for (int j = 0; j < m; j++) {
+      t = (avail[j] > t ? avail[j] : t) + b;
+      finish[j] = t;
+    }
+    done[k] = t;
+    if (k > 0) {
+      size_t link = (size_t)path[k] * n + path[k - 1];
+      double occupancy = obj->bwd_bytes / net->beta_dir[link], free_at = 0;
+      for (int j = 0; j < m; j++) {
+        free_at = (finish[j] > free_at ? finish[j] : free_at) + occupancy;
+        avail[j] = free_at + net->alpha_dir[link];
+      }
+    }
+  }
+  return done[0];
 }
 
 typedef struct lh_ring_on_net {
@@ -331,7 +350,7 @@ double lh_pipelined_stage_allreduce(const lh_net *net, const lh_objective *obj, 
 void lh_objective_eval(const lh_net *net, const lh_objective *obj, const int *grid, double *cost, double *dp_cost,
                        double *pp_cost) {
   int n = net->n, P = obj->pp, D = obj->dp;
-  double dp = 0, pp = 0;
+  double dp = 0, pp = 0, total;
   if (obj->kind == LH_SCHED_DTFM) {
     for (int k = 0; k < P; k++)
       dp = fmax(dp, lh_dtfm_group_cost(obj, n, grid + (size_t)k * D, D));
@@ -345,22 +364,33 @@ void lh_objective_eval(const lh_net *net, const lh_objective *obj, const int *gr
       path += hop;
     }
     pp = 2 * path;
+    total = dp + pp;
   } else {
+    /* A stage's all-reduce starts when all its replicas have finished their backwards, while
+     * earlier stages may still be busy: the iteration ends with the last all-reduce. */
     int *path = obj->path;
+    double *done = obj->done, *start = obj->stage_start;
+    for (int k = 0; k < P; k++)
+      start[k] = 0;
     for (int i = 0; i < D; i++) {
       for (int k = 0; k < P; k++)
         path[k] = grid[k * D + i];
-      pp = fmax(pp, lh_pipelined_replica_time(net, obj, path));
+      pp = fmax(pp, lh_pipelined_replica(net, obj, path, done));
+      for (int k = 0; k < P; k++)
+        start[k] = fmax(start[k], done[k]);
     }
+    double end = pp;
     for (int k = 0; k < P; k++)
-      dp = fmax(dp, lh_pipelined_stage_allreduce(net, obj, k, grid + (size_t)k * D));
+      end = fmax(end, start[k] + lh_pipelined_stage_allreduce(net, obj, k, grid + (size_t)k * D));
+    dp = end - pp; /* the all-reduce time not hidden behind other stages' backwards */
+    total = end;
   }
   if (dp_cost)
     *dp_cost = dp;
   if (pp_cost)
     *pp_cost = pp;
   if (cost)
-    *cost = dp + pp;
+    *cost = total;
 }
 
 /* ---- lower bounds ---------------------------------------------------------------------------- */
@@ -422,11 +452,12 @@ double lh_objective_lower_bound(const lh_net *net, const lh_objective *obj) {
       links = lh_min_spanning_forest(w, n, D);
     }
     lb_pp = fmax(obj->m * slowest, (all + links) / D + (obj->m - 1) * fastest);
-    /* Every device's ring sends 2(D - 1) segments over one of its links. */
+    /* Every device's ring sends 2(D - 1) segments over one of its links, and cannot start
+     * before its stage has run its m forwards and backwards. */
     if (D > 1) {
       double bytes = obj->stage_grad_bytes[P - 1];
       size_t whole = (size_t)llround(bytes);
-      double segment = (double)(whole / (size_t)D + (whole % (size_t)D != 0));
+      double segment = (double)(whole / (size_t)D + (whole % (size_t)D != 0)), ring = 0;
       for (int d = 0; d < n; d++) {
         double best = INFINITY;
         for (int e = 0; e < n; e++)
@@ -434,8 +465,9 @@ double lh_objective_lower_bound(const lh_net *net, const lh_objective *obj) {
             size_t de = (size_t)d * n + e;
             best = fmin(best, 2.0 * (D - 1) * segment / net->beta_dir[de] + net->alpha_dir[de]);
           }
-        lb_dp = fmax(lb_dp, best);
+        ring = fmax(ring, best);
       }
+      lb_dp = fmax(0, obj->m * fastest + ring - lb_pp); /* the total: max(lb_pp, m c + ring) */
     }
   }
   free(row);

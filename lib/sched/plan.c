@@ -233,3 +233,19 @@ lh_status lh_sched_objective_parse(const char *name, lh_sched_objective *objecti
   return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_sched_objective_parse: unknown objective '%.64s' (expected pipelined or dtfm)",
                   name);
 }
+
+lh_status lh_plan_placement(const lh_plan *plan, int *stage_of_rank, int *replica_of_rank, int ranks) {
+  lh_error_clear();
+  if (!plan || !stage_of_rank || !replica_of_rank)
+    return lh_error(LH_ERR_INVALID_ARGUMENT,
+                    "lh_plan_placement: plan, stage_of_rank and replica_of_rank must not be NULL");
+  if (ranks != plan->devices)
+    return lh_error(LH_ERR_INVALID_ARGUMENT,
+                    "lh_plan_placement: the plan places %d devices but there are %d ranks; run it with mpirun -np %d",
+                    plan->devices, ranks, plan->devices);
+  for (int d = 0; d < ranks; d++) {
+    stage_of_rank[d] = plan->stage[d];
+    replica_of_rank[d] = plan->replica[d];
+  }
+  return LH_SUCCESS;
+}

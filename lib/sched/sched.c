@@ -58,6 +58,7 @@ lh_status lh_sched_solve(const lh_links *links, const lh_sched_config *config, l
     st = LH_ERR_OUT_OF_MEMORY;
   double best = INFINITY;
   int best_pp = 0, starts = 0, budget_hit = 0;
+  double construct = 0;
   for (int c = 0; c < count && st == LH_SUCCESS; c++) {
     int P = cands[c], D = n / P;
     lh_objective obj;
@@ -72,6 +73,7 @@ lh_status lh_sched_solve(const lh_links *links, const lh_sched_config *config, l
     if (st != LH_SUCCESS)
       break;
     starts += r.starts;
+    construct += r.construct_seconds;
     budget_hit |= r.budget_hit;
     if (r.cost < best) {
       best = r.cost;
@@ -99,6 +101,7 @@ lh_status lh_sched_solve(const lh_links *links, const lh_sched_config *config, l
       info->restarts = starts;
       info->budget_hit = budget_hit;
       info->solve_seconds = lh_now() - t0;
+      info->construct_seconds = construct;
       lh_objective_free(&obj);
     }
   }

@@ -47,8 +47,9 @@ typedef struct lh_objective {
   double fwd_bytes, bwd_bytes; /* pipelined: per micro-batch and boundary */
   double layer_seconds;
   size_t ring_chunk;
-  double *scratch;             /* 6 x pp: one replica's stage and link times */
+  double *scratch;             /* pp + 2 m: one replica's event times */
   int *path;                   /* pp: one replica's devices */
+  double *done, *stage_start;  /* pp each: when stages finish their backwards */
 } lh_objective;
 lh_status lh_objective_build(const lh_net *net, const lh_sched_config *config, int pp, int dp,
                              lh_objective *obj);
@@ -57,7 +58,9 @@ void lh_objective_free(lh_objective *obj);
 void lh_objective_eval(const lh_net *net, const lh_objective *obj, const int *grid, double *cost,
                        double *dp_cost, double *pp_cost);
 /* Pipelined parts, reused by the solver's incremental evaluation. */
-double lh_pipelined_replica_time(const lh_net *net, const lh_objective *obj, const int *path);
+/* One replica (path = its P devices): done[k] = when stage k ends its last backward; returns
+ * the replica's end. */
+double lh_pipelined_replica(const lh_net *net, const lh_objective *obj, const int *path, double *done);
 double lh_pipelined_stage_allreduce(const lh_net *net, const lh_objective *obj, int stage, const int *ring);
 /* dtfm DATAP of one group of dp devices. */
 double lh_dtfm_group_cost(const lh_objective *obj, int n, const int *group, int dp);
@@ -99,6 +102,7 @@ typedef struct lh_search_result {
   double cost;
   int starts;     /* constructive starts polished */
   int budget_hit; /* the deadline cut the search short */
+  double construct_seconds;
 } lh_search_result;
 lh_status lh_search_run(const lh_net *net, const lh_objective *obj, uint64_t seed, int restarts, double deadline,
                         int *grid, lh_search_result *result);

@@ -47,7 +47,8 @@ typedef struct {
   double *w_saved;          /* 2 rows of P */
   int *order, *order_saved, *scratch;
   /* pipelined grid state */
-  double *rep_time, *stage_time; /* D, P */
+  double *rep_done, *stage_time; /* D x P: when each replica's stages end; P: each ring */
+  double *saved;                 /* 2 P + 2: what a tried swap overwrote */
   int *path;                     /* P */
 } lh_search;
 
@@ -278,43 +279,65 @@ static double lh_partition_to_grid(lh_search *s, int *grid) {
 
 /* ---- pipelined: grid cost -------------------------------------------------------------------- */
 
-static double lh_replica_time(lh_search *s, const int *grid, int i) {
+/* Replica i's stage end times into rep_done[i * P ..]. */
+static void lh_replica_done(lh_search *s, const int *grid, int i) {
   for (int k = 0; k < s->P; k++)
     s->path[k] = grid[(size_t)k * s->D + i];
-  return lh_pipelined_replica_time(s->net, s->obj, s->path);
+  lh_pipelined_replica(s->net, s->obj, s->path, s->rep_done + (size_t)i * s->P);
 }
 
+/* The iteration as lh_objective_eval computes it, from the cached parts. */
 static void lh_grid_cost(lh_search *s, double *cost, double *soft) {
-  double a = 0, b = 0, sum = 0;
-  for (int i = 0; i < s->D; i++) {
-    a = fmax(a, s->rep_time[i]);
-    sum += s->rep_time[i];
+  int P = s->P, D = s->D;
+  double pp = 0, sum = 0;
+  for (int i = 0; i < D; i++) {
+    pp = fmax(pp, s->rep_done[(size_t)i * P]);
+    sum += s->rep_done[(size_t)i * P];
   }
-  for (int k = 0; k < s->P; k++) {
-    b = fmax(b, s->stage_time[k]);
-    sum += s->stage_time[k];
+  double end = pp;
+  for (int k = 0; k < P; k++) {
+    double start = 0;
+    for (int i = 0; i < D; i++)
+      start = fmax(start, s->rep_done[(size_t)i * P + k]);
+    end = fmax(end, start + s->stage_time[k]);
+    sum += start + s->stage_time[k];
   }
-  *cost = a + b;
+  *cost = end;
   *soft = sum;
 }
 
 static void lh_grid_full(lh_search *s, const int *grid, double *cost, double *soft) {
   for (int i = 0; i < s->D; i++)
-    s->rep_time[i] = lh_replica_time(s, grid, i);
+    lh_replica_done(s, grid, i);
   for (int k = 0; k < s->P; k++)
     s->stage_time[k] = lh_pipelined_stage_allreduce(s->net, s->obj, k, grid + (size_t)k * s->D);
   lh_grid_cost(s, cost, soft);
 }
 
-static void lh_grid_touch(lh_search *s, const int *grid, int p, int q) {
-  int D = s->D;
+/* Slots p and q (stage * D + replica) changed: two replicas and two stage rings to redo. The
+ * old values go to saved (2 x P replica times, then 2 stage times). */
+static void lh_grid_touch(lh_search *s, const int *grid, int p, int q, double *saved) {
+  int D = s->D, P = s->P;
   int kp = p / D, ip = p % D, kq = q / D, iq = q % D;
-  s->rep_time[ip] = lh_replica_time(s, grid, ip);
+  memcpy(saved, s->rep_done + (size_t)ip * P, (size_t)P * sizeof(double));
+  memcpy(saved + P, s->rep_done + (size_t)iq * P, (size_t)P * sizeof(double));
+  saved[2 * P] = s->stage_time[kp];
+  saved[2 * P + 1] = s->stage_time[kq];
+  lh_replica_done(s, grid, ip);
   if (iq != ip)
-    s->rep_time[iq] = lh_replica_time(s, grid, iq);
+    lh_replica_done(s, grid, iq);
   s->stage_time[kp] = lh_pipelined_stage_allreduce(s->net, s->obj, kp, grid + (size_t)kp * D);
   if (kq != kp)
     s->stage_time[kq] = lh_pipelined_stage_allreduce(s->net, s->obj, kq, grid + (size_t)kq * D);
+}
+
+static void lh_grid_untouch(lh_search *s, int p, int q, const double *saved) {
+  int D = s->D, P = s->P;
+  /* In reverse order of saving, so that p == q's replica or stage ends with p's old value. */
+  memcpy(s->rep_done + (size_t)(q % D) * P, saved + P, (size_t)P * sizeof(double));
+  memcpy(s->rep_done + (size_t)(p % D) * P, saved, (size_t)P * sizeof(double));
+  s->stage_time[q / D] = saved[2 * P + 1];
+  s->stage_time[p / D] = saved[2 * P];
 }
 
 static void lh_polish_grid(lh_search *s, int *grid, double *cost, double *soft) {
@@ -331,9 +354,7 @@ static void lh_polish_grid(lh_search *s, int *grid, double *cost, double *soft) 
         int t = grid[p];
         grid[p] = grid[q];
         grid[q] = t;
-        double rp = s->rep_time[p % s->D], rq = s->rep_time[q % s->D];
-        double sp = s->stage_time[p / s->D], sq = s->stage_time[q / s->D];
-        lh_grid_touch(s, grid, p, q);
+        lh_grid_touch(s, grid, p, q, s->saved);
         double c2, s2;
         lh_grid_cost(s, &c2, &s2);
         if (lh_better(c2, s2, *cost, *soft)) {
@@ -344,10 +365,7 @@ static void lh_polish_grid(lh_search *s, int *grid, double *cost, double *soft) 
         }
         grid[q] = grid[p];
         grid[p] = t;
-        s->rep_time[q % s->D] = rq;
-        s->rep_time[p % s->D] = rp;
-        s->stage_time[q / s->D] = sq;
-        s->stage_time[p / s->D] = sp;
+        lh_grid_untouch(s, p, q, s->saved);
       }
   }
 }
@@ -515,7 +533,8 @@ static void lh_search_free(lh_search *s) {
   free(s->order);
   free(s->order_saved);
   free(s->scratch);
-  free(s->rep_time);
+  free(s->rep_done);
+  free(s->saved);
   free(s->stage_time);
   free(s->path);
   lh_bottleneck_work_free(s->bw);
@@ -550,11 +569,12 @@ static lh_status lh_search_init(lh_search *s, const lh_net *net, const lh_object
   s->order = lh_malloc((size_t)P * sizeof(int), "scheduler search");
   s->order_saved = lh_malloc((size_t)P * sizeof(int), "scheduler search");
   s->scratch = lh_malloc((size_t)P * sizeof(int), "scheduler search");
-  s->rep_time = lh_malloc((size_t)D * sizeof(double), "scheduler search");
+  s->rep_done = lh_malloc((size_t)D * P * sizeof(double), "scheduler search");
+  s->saved = lh_malloc((2 * (size_t)P + 2) * sizeof(double), "scheduler search");
   s->stage_time = lh_malloc((size_t)P * sizeof(double), "scheduler search");
   s->path = lh_malloc((size_t)P * sizeof(int), "scheduler search");
   if (!s->hop || !s->dpw || !s->cost || !s->match || !s->unused || !s->taken || !s->site || !s->site_size || !s->site_share || !s->groups || !s->gdp || !s->w ||
-      !s->w_saved || !s->order || !s->order_saved || !s->scratch || !s->rep_time || !s->stage_time || !s->path)
+      !s->w_saved || !s->order || !s->order_saved || !s->scratch || !s->rep_done || !s->saved || !s->stage_time || !s->path)
     return LH_ERR_OUT_OF_MEMORY;
   LH_CHECK(lh_bottleneck_work_create(D, n, &s->bw));
   LH_CHECK(lh_path_work_create(P, &s->pw));
@@ -643,6 +663,7 @@ lh_status lh_search_run(const lh_net *net, const lh_objective *obj, uint64_t see
     nlevels = restarts / 2 + 1;
 
   /* Build every start, rank them, polish the cheapest first. */
+  double construct_start = lh_now();
   for (int r = 0; r < restarts; r++) {
     int *grid = grids + (size_t)r * n;
     lh_seed(&s, r, levels, nlevels, grid);
@@ -656,6 +677,7 @@ lh_status lh_search_run(const lh_net *net, const lh_objective *obj, uint64_t see
     }
   }
   qsort(rank, (size_t)restarts, sizeof *rank, lh_cmp_start);
+  result->construct_seconds = lh_now() - construct_start;
 
   double best = INFINITY, best_soft = INFINITY;
   int polished = 0;
