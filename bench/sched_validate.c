@@ -10,8 +10,8 @@
  * runtime: lh_pipeline (GPipe, activations uncompressed) for the micro-batches, then a ring
  * lh_allreduce of each stage's gradients over its data-parallel group. A stage's compute is a
  * sleep of layers x layer_seconds / speed (a third forward, two thirds backward), so eight
- * ranks share two cores without their computes competing. Each plan — the scheduler's and
- * --random others — runs --iters measured iterations after one warm-up; an iteration is the
+ * ranks share two cores without their computes competing. Each plan (the scheduler's and
+ * --random others) runs --iters measured iterations after one warm-up; an iteration is the
  * time from a common start to the last rank's all-reduce end. The table gives the predicted
  * and the measured (median) iteration time, the error, and the scheduler's speed-up.
  *

@@ -27,23 +27,27 @@
  *                      The solver makes each boundary a bottleneck matching and the stage
  *                      order an optimal open path, as DT-FM scores a partition.
  *   LH_SCHED_PIPELINED the iteration as the runtime runs it (lh_pipeline with GPipe, then a
- *                      ring all-reduce per stage): per replica, the forward pass is a flow
- *                      shop of m identical micro-batches through stage computes and links,
- *                        F = sum of every stage's and link's time per micro-batch
- *                            + link latencies + (m - 1) x the slowest of them,
- *                      the backward pass B the same in reverse (compute split 1/3 forward,
- *                      2/3 backward, divided by the device's speed); pp_cost = max over
- *                      replicas of F + B; dp_cost = max over stages of the ring all-reduce of
- *                      the stage's gradient bytes in replica order (lh_model_ring_allreduce);
- *                      cost = pp_cost + dp_cost.
+ *                      ring all-reduce per stage), replayed event by event per replica: a
+ *                      stage's device runs its m forwards (a third of the stage's compute,
+ *                      layers x layer_seconds / speed) as their inputs arrive, then its m
+ *                      backwards; a link carries one message at a time (bytes / beta) and
+ *                      delivers it alpha later (the directed link, as lh_comm simulates it).
+ *                      For m identical micro-batches this is the flow shop's
+ *                        sum of every stage's and link's time + latencies + (m - 1) x the slowest
+ *                      per direction. A stage's all-reduce (lh_model_ring_allreduce's formula in
+ *                      replica order) starts when all its replicas have finished their
+ *                      backwards, while earlier stages may still be busy:
+ *                        cost    = max over stages k of (backwards of k done + ring of k),
+ *                        pp_cost = the last replica's end, dp_cost = cost - pp_cost (the part
+ *                                  of the all-reduces no backward hides).
  *
  * Lower bounds (printed with every plan, valid for every placement with the same P x D):
  *   dtfm:      max_d (sum of the D - 1 cheapest DP edges of d)
  *              + (2 / D) x weight of a minimum spanning forest with D trees over PP edges.
- *   pipelined: the slowest device's m forward + backward computes, or the average replica's
+ *   pipelined: the slowest device's m forwards and backwards; or the average replica's
  *              computes and links (a spanning forest again) plus (m - 1) x the fastest
- *              device's, whichever is larger; plus the ring of the device whose best link is
- *              slowest.
+ *              device's; or the fastest device's m computes plus the ring of the device whose
+ *              best link is slowest; whichever is largest.
  *
  * The solver: exact bottleneck assignment (threshold search + bipartite matching), exact open
  * path (Held-Karp up to 16 stages, 2-opt and Or-opt beyond), a constructive multi-start that

@@ -65,10 +65,11 @@ lh_status lh_sched_solve(const lh_links *links, const lh_sched_config *config, l
     st = lh_objective_build(&net, config, P, D, &obj);
     if (st != LH_SUCCESS)
       break;
-    /* Each candidate gets its share of the budget. */
+    /* Each candidate gets its share of the budget, less a twentieth kept for building and
+     * scoring the plan, so that a search cut by the budget still returns within it. */
     lh_search_result r;
     st = lh_search_run(&net, &obj, config->seed ^ ((uint64_t)P << 32), config->restarts,
-                       t0 + config->time_budget_s * (c + 1) / count, grid, &r);
+                       t0 + 0.95 * config->time_budget_s * (c + 1) / count, grid, &r);
     lh_objective_free(&obj);
     if (st != LH_SUCCESS)
       break;
