@@ -319,8 +319,8 @@ static int print_plan(const lh_plan *plan, const lh_sched_config *cfg, const cha
     return fail("reading the plan", st);
   const char *objective = "?";
   lh_sched_objective_name(info.objective, &objective);
-  printf("lh-plan: %d devices as %d stages x %d replicas (pp x dp), objective %s\n", info.devices, info.pp, info.dp,
-         objective);
+  printf("lh-plan: %d devices as %d stage%s x %d replica%s (pp x dp), objective %s\n", info.devices, info.pp,
+         info.pp == 1 ? "" : "s", info.dp, info.dp == 1 ? "" : "s", objective);
   printf("  cost         %.6g s per iteration = dp %.6g s + pp %.6g s\n", info.cost, info.dp_cost, info.pp_cost);
   printf("  lower bound  %.6g s (gap %.2f %%)\n", info.lower_bound, info.gap * 100);
   if (evaluated)

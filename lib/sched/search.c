@@ -46,6 +46,8 @@ typedef struct {
   double *w;                /* P x P bottleneck weights */
   double *w_saved;          /* 2 rows of P */
   int *order, *order_saved, *scratch;
+  double *tree_dist;        /* P: Prim's distances */
+  unsigned char *tree_in;   /* P */
   /* pipelined grid state */
   double *rep_done, *stage_time; /* D x P: when each replica's stages end; P: each ring */
   double *saved;                 /* 2 P + 2: what a tried swap overwrote */
@@ -107,6 +109,49 @@ static double lh_largest_drops(const lh_search *s, int a, int b, const double *f
     }
   }
   return drop[0] + drop[1] + drop[2] + drop[3];
+}
+
+/* Weight of the minimum spanning tree over the groups with a's and b's rows replaced by fresh
+ * (Prim, no allocation): every path through all groups is such a tree, so no order can weigh
+ * less. */
+static double lh_tree_floor(const lh_search *s, int a, int b, const double *fresh) {
+  int P = s->P;
+  double *dist = s->tree_dist;
+  unsigned char *in = s->tree_in;
+  for (int v = 0; v < P; v++) {
+    dist[v] = INFINITY;
+    in[v] = 0;
+  }
+  dist[0] = 0;
+  double total = 0;
+  for (int step = 0; step < P; step++) {
+    int u = -1;
+    for (int v = 0; v < P; v++)
+      if (!in[v] && (u < 0 || dist[v] < dist[u]))
+        u = v;
+    in[u] = 1;
+    total += dist[u];
+    for (int v = 0; v < P; v++) {
+      if (in[v])
+        continue;
+      double w = u == a ? fresh[v] : v == a ? fresh[u] : u == b ? fresh[P + v] : v == b ? fresh[P + u]
+                                                                                 : s->w[(size_t)u * P + v];
+      if (w < dist[v])
+        dist[v] = w;
+    }
+  }
+  return total;
+}
+
+/* No stage order with a's and b's new weights (fresh) can beat `cost`: a path meets groups a
+ * and b on at most four edges, so it falls by at most the four largest drops of their weights;
+ * and it weighs at least a spanning tree. */
+static int lh_hopeless(const lh_search *s, int a, int b, const double *fresh, double worst_dp, double path,
+                       double cost) {
+  double limit = cost * (1 + 1e-12);
+  if (worst_dp + 2 * (path - lh_largest_drops(s, a, b, fresh)) > limit)
+    return 1;
+  return worst_dp + 2 * lh_tree_floor(s, a, b, fresh) > limit;
 }
 
 static void lh_set_weight(lh_search *s, int a, int b) {
@@ -189,21 +234,20 @@ static void lh_polish_partition(lh_search *s, double path, double *cost, double 
             double worst_dp = 0;
             for (int g = 0; g < P; g++)
               worst_dp = s->gdp[g] > worst_dp ? s->gdp[g] : worst_dp;
-            /* A path meets groups a and b on at most four edges, so it can fall by no more
-             * than the four largest drops of their weights. First with cheap floors of the new
-             * weights, then with the exact ones: most swaps fail the first test. */
+            /* Bounds on the new order's weight, first from cheap floors of the new weights,
+             * then from the exact ones: most swaps fail before any ordering. */
             double *fresh = s->w_saved;
             for (int c = 0; c < P; c++) {
               fresh[c] = c == a ? 0 : lh_group_weight_floor(s, a, c);
               fresh[P + c] = c == b ? 0 : lh_group_weight_floor(s, b, c);
             }
-            int hopeless = worst_dp + 2 * (path - lh_largest_drops(s, a, b, fresh)) > *cost * (1 + 1e-12);
+            int hopeless = lh_hopeless(s, a, b, fresh, worst_dp, path, *cost);
             if (!hopeless) {
               for (int c = 0; c < P; c++) {
                 fresh[c] = c == a ? 0 : lh_group_weight(s, a, c);
                 fresh[P + c] = c == b ? 0 : c == a ? fresh[b] : lh_group_weight(s, b, c);
               }
-              hopeless = worst_dp + 2 * (path - lh_largest_drops(s, a, b, fresh)) > *cost * (1 + 1e-12);
+              hopeless = lh_hopeless(s, a, b, fresh, worst_dp, path, *cost);
             }
             if (hopeless) {
               s->groups[a * D + i] = x;
@@ -532,6 +576,8 @@ static void lh_search_free(lh_search *s) {
   free(s->w_saved);
   free(s->order);
   free(s->order_saved);
+  free(s->tree_dist);
+  free(s->tree_in);
   free(s->scratch);
   free(s->rep_done);
   free(s->saved);
@@ -569,12 +615,14 @@ static lh_status lh_search_init(lh_search *s, const lh_net *net, const lh_object
   s->order = lh_malloc((size_t)P * sizeof(int), "scheduler search");
   s->order_saved = lh_malloc((size_t)P * sizeof(int), "scheduler search");
   s->scratch = lh_malloc((size_t)P * sizeof(int), "scheduler search");
+  s->tree_dist = lh_malloc((size_t)P * sizeof(double), "scheduler search");
+  s->tree_in = lh_malloc((size_t)P, "scheduler search");
   s->rep_done = lh_malloc((size_t)D * P * sizeof(double), "scheduler search");
   s->saved = lh_malloc((2 * (size_t)P + 2) * sizeof(double), "scheduler search");
   s->stage_time = lh_malloc((size_t)P * sizeof(double), "scheduler search");
   s->path = lh_malloc((size_t)P * sizeof(int), "scheduler search");
   if (!s->hop || !s->dpw || !s->cost || !s->match || !s->unused || !s->taken || !s->site || !s->site_size || !s->site_share || !s->groups || !s->gdp || !s->w ||
-      !s->w_saved || !s->order || !s->order_saved || !s->scratch || !s->rep_done || !s->saved || !s->stage_time || !s->path)
+      !s->w_saved || !s->order || !s->order_saved || !s->scratch || !s->tree_dist || !s->tree_in || !s->rep_done || !s->saved || !s->stage_time || !s->path)
     return LH_ERR_OUT_OF_MEMORY;
   LH_CHECK(lh_bottleneck_work_create(D, n, &s->bw));
   LH_CHECK(lh_path_work_create(P, &s->pw));
