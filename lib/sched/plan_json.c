@@ -657,7 +657,9 @@ static lh_status lh_plan_parse_value(lh_plan_parser *ps, int k) {
     return lh_json_read_int(js, "\"dp\"", 1, LH_LINKS_MAX_DEVICES, &ps->dp);
   case K_OBJECTIVE: {
     LH_CHECK(lh_json_string(js, "a string for \"objective\"", text, sizeof text, &length));
-    int known = length < sizeof text && lh_sched_objective_parse(text, &ps->objective) == LH_SUCCESS;
+    /* The length must be the name's: an escaped NUL would otherwise end the comparison early. */
+    int known = length < sizeof text && strlen(text) == length &&
+                lh_sched_objective_parse(text, &ps->objective) == LH_SUCCESS;
     lh_error_clear();
     if (!known)
       return lh_json_fail(js, js->line, "expected \"objective\" to be \"pipelined\" or \"dtfm\", found %s",
