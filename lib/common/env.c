@@ -172,8 +172,8 @@ static lh_status lh_env_value(const char *name, const lh_env_entry **entry, cons
 }
 
 lh_status lh_env_double(const char *name, double *value) {
-  const lh_env_entry *e;
-  const char *v;
+  const lh_env_entry *e = NULL; /* set by lh_env_value on success; initialised for gcc's -O3 flow analysis */
+  const char *v = "";
   LH_CHECK(lh_env_value(name, &e, &v));
   if (!*v) {
     *value = 0;
@@ -187,15 +187,15 @@ lh_status lh_env_double(const char *name, double *value) {
 }
 
 lh_status lh_env_size(const char *name, size_t *value) {
-  const lh_env_entry *e;
-  const char *v;
+  const lh_env_entry *e = NULL; /* set by lh_env_value on success; initialised for gcc's -O3 flow analysis */
+  const char *v = "";
   LH_CHECK(lh_env_value(name, &e, &v));
   return lh_parse_size(v, value);
 }
 
 lh_status lh_env_int(const char *name, int *value) {
-  const lh_env_entry *e;
-  const char *v;
+  const lh_env_entry *e = NULL; /* set by lh_env_value on success; initialised for gcc's -O3 flow analysis */
+  const char *v = "";
   LH_CHECK(lh_env_value(name, &e, &v));
   *value = (int)strtol(v, NULL, 10);
   return LH_SUCCESS;

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <longhaul/status.h>
 #include <longhaul/env.h>
 
@@ -63,6 +64,14 @@ void lh_sleep_until(double until);
 
 /* Checked allocation helpers: NULL on failure with the detail set. */
 void *lh_malloc(size_t bytes, const char *what);
+/* The whole of a file, for a parser: LH_ERR_IO naming `who`, the path and the reason when it
+ * cannot be opened or read. Stops after limit + 1 bytes (the parser refuses what is too long).
+ * *text is malloc'd; free it. */
+lh_status lh_read_text_file(const char *path, const char *who, size_t limit, char **text, size_t *length);
+/* Creates or truncates path and writes it with write(object, stream); errors name `who`, the
+ * path and the reason (a failed write keeps the writer's detail). */
+typedef lh_status (*lh_stream_writer)(const void *object, FILE *stream);
+lh_status lh_write_text_file(const char *path, const char *who, lh_stream_writer write, const void *object);
 void *lh_calloc(size_t count, size_t size, const char *what);
 
 /* Device memory (CUDA builds; otherwise these say "host" and fail cleanly). */

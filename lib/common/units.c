@@ -39,7 +39,7 @@ static lh_status lh_split_number(const char *what, const char *text, double *num
 
 static lh_status lh_parse_with_units(const char *what, const char *text, const lh_unit *units, int nunits,
                                      const char *expected, int unit_required, double *out) {
-  double v;
+  double v = 0; /* set by lh_split_number on success */
   char unit[16];
   LH_CHECK(lh_split_number(what, text, &v, unit, sizeof unit));
   if (!unit[0]) {

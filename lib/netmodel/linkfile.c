@@ -260,7 +260,7 @@ static int lh_next_token(const char **cursor, const char *end, lh_token *token) 
 
 static size_t lh_count_tokens(const char *begin, const char *end) {
   size_t n = 0;
-  lh_token t;
+  lh_token t = {NULL, 0};
   while (lh_next_token(&begin, end, &t))
     n++;
   return n;
@@ -347,7 +347,7 @@ static lh_status lh_parse_magic(lh_parser *ps, const char *line, size_t length) 
 
 static lh_status lh_parse_devices(lh_parser *ps, const char *cursor, const char *end) {
   char shown[LH_SHOW_CAPACITY];
-  lh_token t;
+  lh_token t = {NULL, 0};
   if (ps->devices)
     return lh_parse_fail(ps, "expected one 'devices' line, found a second one (the first is on line %d)",
                          ps->devices_line);
@@ -365,7 +365,7 @@ static lh_status lh_parse_devices(lh_parser *ps, const char *cursor, const char 
 /* device INDEX site NAME speed X */
 static lh_status lh_parse_device(lh_parser *ps, const char *cursor, const char *end) {
   char shown[LH_SHOW_CAPACITY];
-  lh_token index, site_key, site, speed_key, speed;
+  lh_token index = {NULL, 0}, site_key = {NULL, 0}, site = {NULL, 0}, speed_key = {NULL, 0}, speed = {NULL, 0};
   size_t fields = lh_count_tokens(cursor, end);
   if (fields != 5)
     return lh_parse_fail(ps, "expected 'device INDEX site NAME speed X', found %zu fields after 'device' "
@@ -456,7 +456,7 @@ static lh_status lh_parse_row(lh_parser *ps, const char *cursor, const char *end
     return lh_parse_fail(ps, "expected %d numbers in row %d of %s, found %zu", ps->devices, row, q->keyword, found);
   LH_CHECK(lh_section_reserve_row(ps, s));
   double *out = s->values + (size_t)row * (size_t)ps->devices;
-  lh_token t;
+  lh_token t = {NULL, 0};
   for (int column = 0; lh_next_token(&cursor, end, &t); column++) {
     lh_decimal d;
     if (!lh_decimal_parse(t.begin, t.length, &d))
@@ -615,36 +615,10 @@ lh_status lh_links_read_file(const char *path, lh_links **out) {
   *out = NULL;
   if (!path)
     return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_links_read_file: path must not be NULL");
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return lh_error(LH_ERR_IO, "lh_links_read_file: cannot open '%s': %s", path, strerror(errno));
-  /* Read in growing blocks rather than trusting a file size: works for pipes too. */
-  char *text = NULL;
-  size_t length = 0, capacity = 0;
-  lh_status st = LH_SUCCESS;
-  for (;;) {
-    if (length == capacity) {
-      size_t grown = capacity ? capacity * 2 : 65536;
-      char *bigger = realloc(text, grown);
-      if (!bigger) {
-        st = lh_error(LH_ERR_OUT_OF_MEMORY, "lh_links_read_file: could not allocate %zu bytes to read '%s'", grown,
-                      path);
-        break;
-      }
-      text = bigger;
-      capacity = grown;
-    }
-    size_t got = fread(text + length, 1, capacity - length, f);
-    length += got;
-    if (got == 0) {
-      if (ferror(f))
-        st = lh_error(LH_ERR_IO, "lh_links_read_file: cannot read '%s': %s", path, strerror(errno));
-      break;
-    }
-  }
-  fclose(f);
-  if (st == LH_SUCCESS)
-    st = lh_links_parse(text, length, path, out);
+  char *text;
+  size_t length;
+  LH_CHECK(lh_read_text_file(path, "lh_links_read_file", SIZE_MAX - 1, &text, &length));
+  lh_status st = lh_links_parse(text, length, path, out);
   free(text);
   return st;
 }
@@ -747,19 +721,14 @@ lh_status lh_links_write_stream(const lh_links *links, FILE *stream) {
   return LH_SUCCESS;
 }
 
+/* lh_write_text_file's writer. */
+static lh_status lh_links_write_stream_object(const void *object, FILE *stream) {
+  return lh_links_write_stream(object, stream);
+}
+
 lh_status lh_links_write_file(const lh_links *links, const char *path) {
   lh_error_clear();
   if (!links || !path)
     return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_links_write_file: %s must not be NULL", !links ? "links" : "path");
-  FILE *f = fopen(path, "w");
-  if (!f)
-    return lh_error(LH_ERR_IO, "lh_links_write_file: cannot open '%s' for writing: %s", path, strerror(errno));
-  lh_status st = lh_links_write_stream(links, f);
-  if (st != LH_SUCCESS) {
-    fclose(f);
-    return lh_error_context(st, "lh_links_write_file '%s'", path);
-  }
-  if (fclose(f) != 0)
-    return lh_error(LH_ERR_IO, "lh_links_write_file: cannot finish writing '%s': %s", path, strerror(errno));
-  return LH_SUCCESS;
+  return lh_write_text_file(path, "lh_links_write_file", lh_links_write_stream_object, links);
 }

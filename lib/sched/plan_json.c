@@ -869,37 +869,10 @@ lh_status lh_plan_read_file(const char *path, lh_plan **plan) {
   *plan = NULL;
   if (!path)
     return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_plan_read_file: path must not be NULL");
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return lh_error(LH_ERR_IO, "lh_plan_read_file: cannot open '%s': %s", path, strerror(errno));
-  /* Growing blocks, not the file size: works for pipes. One byte past the limit is enough to
-   * let the parser refuse an oversized file. */
-  char *text = NULL;
-  size_t length = 0, capacity = 0;
-  lh_status st = LH_SUCCESS;
-  while (length <= LH_PLAN_TEXT_MAX) {
-    if (length == capacity) {
-      size_t grown = capacity ? capacity * 2 : 65536;
-      char *bigger = realloc(text, grown);
-      if (!bigger) {
-        st = lh_error(LH_ERR_OUT_OF_MEMORY, "lh_plan_read_file: could not allocate %zu bytes to read '%s'", grown,
-                      path);
-        break;
-      }
-      text = bigger;
-      capacity = grown;
-    }
-    size_t got = fread(text + length, 1, capacity - length, f);
-    length += got;
-    if (got == 0) {
-      if (ferror(f))
-        st = lh_error(LH_ERR_IO, "lh_plan_read_file: cannot read '%s': %s", path, strerror(errno));
-      break;
-    }
-  }
-  fclose(f);
-  if (st == LH_SUCCESS)
-    st = lh_plan_parse(text, length, path, plan);
+  char *text;
+  size_t length;
+  LH_CHECK(lh_read_text_file(path, "lh_plan_read_file", LH_PLAN_TEXT_MAX, &text, &length));
+  lh_status st = lh_plan_parse(text, length, path, plan);
   free(text);
   return st;
 }
@@ -976,19 +949,14 @@ lh_status lh_plan_write_stream(const lh_plan *plan, FILE *stream) {
   return LH_SUCCESS;
 }
 
+/* lh_write_text_file's writer. */
+static lh_status lh_plan_write_stream_object(const void *object, FILE *stream) {
+  return lh_plan_write_stream(object, stream);
+}
+
 lh_status lh_plan_write_file(const lh_plan *plan, const char *path) {
   lh_error_clear();
   if (!plan || !path)
     return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_plan_write_file: %s must not be NULL", !plan ? "plan" : "path");
-  FILE *f = fopen(path, "w");
-  if (!f)
-    return lh_error(LH_ERR_IO, "lh_plan_write_file: cannot open '%s' for writing: %s", path, strerror(errno));
-  lh_status st = lh_plan_write_stream(plan, f);
-  if (st != LH_SUCCESS) {
-    fclose(f);
-    return lh_error_context(st, "lh_plan_write_file '%s'", path);
-  }
-  if (fclose(f) != 0)
-    return lh_error(LH_ERR_IO, "lh_plan_write_file: cannot finish writing '%s': %s", path, strerror(errno));
-  return LH_SUCCESS;
+  return lh_write_text_file(path, "lh_plan_write_file", lh_plan_write_stream_object, plan);
 }
