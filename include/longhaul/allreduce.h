@@ -181,6 +181,14 @@ lh_status lh_reducer_get_stats(lh_reducer reducer, lh_reducer_stats *stats);
 lh_status lh_reducer_reset_stats(lh_reducer reducer);
 /* The error-feedback residual held for a key (NULL, 0 when none). Valid until the next call. */
 lh_status lh_reducer_residual(lh_reducer reducer, uint64_t key, const float **residual, size_t *count);
+/* Checkpoints of what a reducer carries from call to call: the step count, every tensor's
+ * error-feedback residual and PowerSGD factor, in one checksummed file per rank (written through
+ * `path.tmp`, renamed when complete). load replaces the reducer's state only when the whole file
+ * reads back intact (LH_ERR_IO, LH_ERR_CORRUPT or LH_ERR_MISMATCH otherwise, the reducer
+ * untouched). Residuals load into host memory: keep host tensors across a checkpoint. Not
+ * collective; every rank saves and loads its own file between calls. */
+lh_status lh_reducer_save(lh_reducer reducer, const char *path);
+lh_status lh_reducer_load(lh_reducer reducer, const char *path);
 
 #ifdef __cplusplus
 }

@@ -135,6 +135,16 @@ lh_status lh_aq_store_get_info(lh_aq_store store, lh_aq_store_info *info);
 lh_status lh_aq_store_prefetch(lh_aq_store store, const int64_t *ids, size_t count);
 /* How many times this example has been sent (0: never, the next visit goes full precision). */
 lh_status lh_aq_store_visits(lh_aq_store store, int64_t id, uint32_t *visits);
+/* Checkpoints. save writes the store's map, visit counts and rows in use to one checksummed
+ * file (through `path.tmp`, renamed when complete). load reads such a file into a store made
+ * with the same examples, capacity and row_bytes (any kind: a HOST checkpoint loads into a
+ * DEVICE store): LH_ERR_MISMATCH naming both shapes otherwise, LH_ERR_CORRUPT for a damaged
+ * file. A load that fails after it began writing rows leaves the store empty (every example
+ * unseen: its next visit goes at full precision), never half-loaded. Save and load between
+ * calls of the context that uses the store; both ends of a boundary must load the files they
+ * saved at the same step. */
+lh_status lh_aq_store_save(lh_aq_store store, const char *path);
+lh_status lh_aq_store_load(lh_aq_store store, const char *path);
 
 /* ---- contexts ------------------------------------------------------------------------------ */
 typedef struct lh_aq_sender_s *lh_aq_sender;

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "collective/collective_internal.h"
+#include "common/state_file.h"
 #include "transport/transport_internal.h"
 
 typedef struct {
@@ -58,7 +59,7 @@ static size_t key_hash(uint64_t key) {
   return (size_t)key;
 }
 
-static entry *table_find(lh_reducer r, uint64_t key, int insert) {
+static entry *table_find(struct lh_reducer_s *r, uint64_t key, int insert) {
   if (insert && 2 * (r->tab_used + 1) > r->tab_cap) {
     size_t cap = r->tab_cap ? 2 * r->tab_cap : 64;
     entry *t = lh_calloc(cap, sizeof(entry), "the reducer's tensor table");
@@ -620,6 +621,129 @@ lh_status lh_reducer_reset(lh_reducer r) {
   r->tab = NULL;
   r->tab_cap = r->tab_used = 0;
   r->step = 0;
+  return LH_SUCCESS;
+}
+
+/* ---- checkpoints --------------------------------------------------------------------------- */
+
+#define LH_REDUCER_MAGIC "LHREDUCE"
+#define LH_REDUCER_VERSION 1
+
+/* Writes n floats of a residual that may live on the device, through a host copy. */
+static void write_floats(lh_state_writer *w, const float *data, size_t n, int on_device) {
+  if (!on_device) {
+    lh_state_write_bytes(w, data, n * sizeof(float));
+    return;
+  }
+  float *host = lh_malloc(n * sizeof(float) + 1, "a residual's host copy");
+  if (!host) {
+    w->status = LH_ERR_OUT_OF_MEMORY;
+    return;
+  }
+  if (w->status == LH_SUCCESS)
+    w->status = lh_copy_to_host(host, data, n * sizeof(float));
+  lh_state_write_bytes(w, host, n * sizeof(float));
+  free(host);
+}
+
+lh_status lh_reducer_save(lh_reducer r, const char *path) {
+  lh_error_clear();
+  if (!r || !path)
+    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_reducer_save: reducer and path must not be NULL");
+  if (r->busy)
+    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_reducer_save: an operation is in flight; wait for it first");
+  lh_state_writer w;
+  lh_status st = lh_state_write_open(&w, path, "lh_reducer_save", LH_REDUCER_MAGIC, LH_REDUCER_VERSION);
+  lh_state_write_u64(&w, r->step);
+  lh_state_write_u64(&w, r->tab_used);
+  for (size_t i = 0; i < r->tab_cap; i++) {
+    const entry *t = &r->tab[i];
+    if (!t->used)
+      continue;
+    uint64_t fields[8] = {t->key, t->count, t->rows, (uint64_t)t->shaped, t->residual != NULL,
+                          t->psgd.rows, t->psgd.cols, t->psgd.q ? (uint64_t)t->psgd.rank : 0};
+    for (int k = 0; k < 8; k++)
+      lh_state_write_u64(&w, fields[k]);
+    if (t->residual)
+      write_floats(&w, t->residual, t->count, t->on_device);
+    if (t->psgd.q)
+      lh_state_write_bytes(&w, t->psgd.q, t->psgd.cols * (size_t)t->psgd.rank * sizeof(float));
+  }
+  if (st == LH_SUCCESS)
+    return lh_state_write_close(&w);
+  if (w.file)
+    lh_state_write_close(&w);
+  return st;
+}
+
+lh_status lh_reducer_load(lh_reducer r, const char *path) {
+  lh_error_clear();
+  if (!r || !path)
+    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_reducer_load: reducer and path must not be NULL");
+  if (r->busy)
+    return lh_error(LH_ERR_INVALID_ARGUMENT, "lh_reducer_load: an operation is in flight; wait for it first");
+  /* Everything goes into a fresh table first: the reducer changes only when the file is whole. */
+  lh_state_reader rd;
+  if (lh_state_read_open(&rd, path, "lh_reducer_load", LH_REDUCER_MAGIC, LH_REDUCER_VERSION) != LH_SUCCESS)
+    return lh_state_read_close(&rd);
+  uint64_t step = lh_state_read_u64(&rd), entries = lh_state_read_u64(&rd);
+  if (rd.status == LH_SUCCESS && entries > ((uint64_t)1 << 24))
+    lh_state_fail(&rd, LH_ERR_CORRUPT, "it claims an impossible number of tensors");
+  struct lh_reducer_s fresh;
+  memset(&fresh, 0, sizeof fresh);
+  for (uint64_t e = 0; e < entries && rd.status == LH_SUCCESS; e++) {
+    uint64_t f[8];
+    for (int k = 0; k < 8; k++)
+      f[k] = lh_state_read_u64(&rd);
+    if (rd.status != LH_SUCCESS)
+      break;
+    /* Sizes a damaged file could make absurd are checked before they allocate. */
+    if (f[1] > ((uint64_t)1 << 40) || f[6] > ((uint64_t)1 << 40) || f[7] > 64 || (f[2] > 1 && f[1] % f[2])) {
+      lh_state_fail(&rd, LH_ERR_CORRUPT, "a tensor's sizes are impossible");
+      break;
+    }
+    entry *t = table_find(&fresh, f[0], 0);
+    if (t) {
+      lh_state_fail(&rd, LH_ERR_CORRUPT, "a tensor key appears twice");
+      break;
+    }
+    t = table_find(&fresh, f[0], 1);
+    if (!t) {
+      lh_state_fail(&rd, LH_ERR_OUT_OF_MEMORY, "no memory for its tensor table");
+      break;
+    }
+    t->count = (size_t)f[1];
+    t->rows = (size_t)f[2];
+    t->shaped = f[3] != 0;
+    if (f[4]) {
+      t->residual = lh_malloc(t->count * sizeof(float) + 1, "an error-feedback residual");
+      if (!t->residual || !lh_state_read_bytes(&rd, t->residual, t->count * sizeof(float)))
+        lh_state_fail(&rd, LH_ERR_OUT_OF_MEMORY, "no memory for a residual");
+    }
+    t->psgd.rows = (size_t)f[5];
+    t->psgd.cols = (size_t)f[6];
+    t->psgd.rank = (int)f[7];
+    if (f[7] && rd.status == LH_SUCCESS) {
+      t->psgd.q = lh_malloc(t->psgd.cols * f[7] * sizeof(float) + 1, "PowerSGD's Q");
+      if (!t->psgd.q || !lh_state_read_bytes(&rd, t->psgd.q, t->psgd.cols * f[7] * sizeof(float)))
+        lh_state_fail(&rd, LH_ERR_OUT_OF_MEMORY, "no memory for PowerSGD's Q");
+    }
+  }
+  lh_status st = lh_state_read_close(&rd);
+  if (st != LH_SUCCESS) {
+    for (size_t i = 0; i < fresh.tab_cap; i++)
+      if (fresh.tab[i].used)
+        entry_clear(&fresh.tab[i]);
+    free(fresh.tab);
+    return st;
+  }
+  /* Residuals come back in host memory; a tensor that now lives on the device gets a device copy
+   * from its first call (bind_tensors refuses a move, so the caller must keep the same kind). */
+  LH_CHECK(lh_reducer_reset(r));
+  r->tab = fresh.tab;
+  r->tab_cap = fresh.tab_cap;
+  r->tab_used = fresh.tab_used;
+  r->step = step;
   return LH_SUCCESS;
 }
 

@@ -536,3 +536,103 @@ TEST(AqStoreMmap, LargeStoreCreatesWithoutWritingIt) {
 }
 
 }  // namespace
+
+namespace {
+
+// ---- checkpoints ------------------------------------------------------------------------------
+
+// A store with some rows written through the internal map (as a context would) and visits.
+lh_aq_store Filled(size_t examples, size_t capacity, size_t row_bytes, const std::vector<int64_t> &ids) {
+  lh_aq_store_config c = HostConfig(examples, capacity, row_bytes);
+  lh_aq_store s = nullptr;
+  EXPECT_EQ(lh_aq_store_create(&c, &s), LH_SUCCESS) << lh_last_error();
+  std::vector<int64_t> slots(ids.size());
+  EXPECT_EQ(lh_aq_store_assign(s, ids.data(), ids.size(), slots.data()), LH_SUCCESS) << lh_last_error();
+  lh_aq_store_count_visits(s, ids.data(), ids.size());
+  lh_aq_store_count_visits(s, ids.data(), 1); // the first id twice
+  for (size_t k = 0; k < ids.size(); k++)
+    for (size_t j = 0; j < row_bytes; j++)
+      static_cast<uint8_t *>(s->base)[slots[k] * row_bytes + j] = Pattern(ids[k], j);
+  return s;
+}
+
+TEST(AqStoreCheckpoint, SaveAndLoadRoundTripExactly) {
+  TempDir dir;
+  const std::vector<int64_t> ids = {7, 2, 19, 4};
+  lh_aq_store a = Filled(20, 10, 24, ids);
+  std::string path = dir.File("a.aqstore");
+  ASSERT_EQ(lh_aq_store_save(a, path.c_str()), LH_SUCCESS) << lh_last_error();
+  EXPECT_FALSE(fs::exists(path + ".tmp")) << "the temporary file is renamed into place";
+  lh_aq_store_config c = HostConfig(20, 10, 24);
+  lh_aq_store b = nullptr;
+  ASSERT_EQ(lh_aq_store_create(&c, &b), LH_SUCCESS);
+  ASSERT_EQ(lh_aq_store_load(b, path.c_str()), LH_SUCCESS) << lh_last_error();
+  for (int64_t id = 0; id < 20; id++) {
+    uint32_t va, vb;
+    ASSERT_EQ(lh_aq_store_visits(a, id, &va), LH_SUCCESS);
+    ASSERT_EQ(lh_aq_store_visits(b, id, &vb), LH_SUCCESS);
+    EXPECT_EQ(va, vb) << "id " << id;
+    EXPECT_EQ(a->slot_of[id], b->slot_of[id]) << "id " << id;
+  }
+  std::vector<uint8_t> ra(24), rb(24);
+  for (int64_t id : ids) {
+    ASSERT_EQ(lh_aq_store_read_row(a, id, ra.data(), ra.size()), LH_SUCCESS);
+    ASSERT_EQ(lh_aq_store_read_row(b, id, rb.data(), rb.size()), LH_SUCCESS);
+    EXPECT_EQ(ra, rb) << "id " << id;
+  }
+  // New examples keep getting fresh rows after a load.
+  int64_t next = 11, slot = -1;
+  ASSERT_EQ(lh_aq_store_assign(b, &next, 1, &slot), LH_SUCCESS);
+  EXPECT_EQ(slot, 4);
+  lh_aq_store_free(a);
+  lh_aq_store_free(b);
+}
+
+TEST(AqStoreCheckpoint, RefusesAnotherShapeADamagedFileAndATruncatedOne) {
+  TempDir dir;
+  lh_aq_store a = Filled(20, 10, 24, {1, 2, 3});
+  std::string path = dir.File("a.aqstore");
+  ASSERT_EQ(lh_aq_store_save(a, path.c_str()), LH_SUCCESS) << lh_last_error();
+  // Another shape: nothing is read into it.
+  lh_aq_store_config other = HostConfig(20, 10, 32);
+  lh_aq_store b = nullptr;
+  ASSERT_EQ(lh_aq_store_create(&other, &b), LH_SUCCESS);
+  EXPECT_EQ(lh_aq_store_load(b, path.c_str()), LH_ERR_MISMATCH);
+  EXPECT_TRUE(Contains(lh_last_error(), "rows of 24 bytes")) << lh_last_error();
+  lh_aq_store_free(b);
+  // One flipped byte in the rows: refused by the checksum, and the store is left empty.
+  std::string damaged = dir.File("damaged.aqstore");
+  fs::copy_file(path, damaged);
+  {
+    FILE *f = fopen(damaged.c_str(), "r+b");
+    ASSERT_NE(f, nullptr);
+    fseek(f, -12, SEEK_END); // inside the last row
+    int ch = fgetc(f);
+    fseek(f, -12, SEEK_END);
+    fputc(ch ^ 0x40, f);
+    fclose(f);
+  }
+  lh_aq_store_config same = HostConfig(20, 10, 24);
+  ASSERT_EQ(lh_aq_store_create(&same, &b), LH_SUCCESS);
+  int64_t id = 5, slot;
+  ASSERT_EQ(lh_aq_store_assign(b, &id, 1, &slot), LH_SUCCESS);
+  EXPECT_EQ(lh_aq_store_load(b, damaged.c_str()), LH_ERR_CORRUPT);
+  EXPECT_TRUE(Contains(lh_last_error(), "checksum")) << lh_last_error();
+  lh_aq_store_info info = LH_AQ_STORE_INFO_INIT;
+  ASSERT_EQ(lh_aq_store_get_info(b, &info), LH_SUCCESS);
+  EXPECT_EQ(info.rows_used, 0u) << "a failed load leaves the store empty, never half-loaded";
+  // Truncated.
+  std::string cut = dir.File("cut.aqstore");
+  fs::copy_file(path, cut);
+  fs::resize_file(cut, fs::file_size(cut) - 30);
+  EXPECT_EQ(lh_aq_store_load(b, cut.c_str()), LH_ERR_CORRUPT);
+  EXPECT_TRUE(Contains(lh_last_error(), "truncated")) << lh_last_error();
+  // Not a store file, and a missing one.
+  EXPECT_EQ(lh_aq_store_load(b, "/proc/self/status"), LH_ERR_CORRUPT);
+  EXPECT_EQ(lh_aq_store_load(b, dir.File("missing").c_str()), LH_ERR_IO);
+  EXPECT_TRUE(Contains(lh_last_error(), "missing")) << lh_last_error();
+  lh_aq_store_free(a);
+  lh_aq_store_free(b);
+}
+
+} // namespace
