@@ -2,12 +2,13 @@
 # Installs the Debian packages Longhaul needs when any is missing (as root), or says which are
 # missing (as another user). Sourced or run by examples/demo.sh and tests/run.sh.
 #   Required: a C/C++ toolchain, CMake, Open MPI, zstd, GoogleTest, pkg-config.
-#   Optional, installed too: hwloc (topology), iproute2 (the namespace testbed), gnuplot.
+#   Optional, installed too: hwloc (topology), iproute2 (the namespace testbed), gnuplot, and
+#   fortunes (the default corpus of examples/train_gpt).
 #   CUDA, NCCL and cuBLAS come from /usr/local/cuda when present; the build works without.
 set -euo pipefail
 
 lh_packages=(cmake make g++ gcc pkg-config openmpi-bin libopenmpi-dev libzstd-dev libgtest-dev
-             libhwloc-dev hwloc iproute2 libopenblas-dev gnuplot-nox)
+             libhwloc-dev hwloc iproute2 libopenblas-dev gnuplot-nox fortunes)
 
 lh_missing_packages() {
   local p missing=()
