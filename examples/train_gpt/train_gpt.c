@@ -782,7 +782,8 @@ int main(int argc, char **argv) {
     r.history = fopen(o->history, o->resume ? "a" : "w");
     if (!r.history)
       die(&r, "cannot write %s: %s", o->history, strerror(errno));
-    if (!o->resume)
+    fseek(r.history, 0, SEEK_END);
+    if (ftell(r.history) == 0) /* a new file (a resumed run appends to its own) */
       fprintf(r.history, "step,seconds,loss,val_loss\n");
   }
   double t0 = now();
