@@ -56,7 +56,6 @@ typedef struct {
   int64_t *epoch_order;
   int epoch_loaded;
   int micro_batches;
-  double wall_start;     /* lh clock of this process's start, less the resumed wall time */
   FILE *history;         /* rank 0: step, seconds, loss, val_loss */
 } run;
 
@@ -72,7 +71,7 @@ static double now(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* One sentence on stderr (rank 0 only unless `every`), then exit 1. */
+/* One sentence on stderr (from rank 0, or from any rank when r is NULL), then exit 1. */
 static void die(const run *r, const char *fmt, ...) {
   if (!r || r->rank == 0) {
     va_list ap;
@@ -227,11 +226,14 @@ typedef struct {
   double bandwidth[MAX_CLASSES]; /* bytes/s, ascending */
 } link_classes;
 
+/* Bandwidths within 10% are one class (measured links differ in their last digits): the
+ * nearest class by ratio. */
 static int class_of(const link_classes *lc, double bw) {
-  for (int k = 0; k < lc->count; k++)
-    if (fabs(bw - lc->bandwidth[k]) <= 1e-6 * bw)
-      return k;
-  return lc->count - 1;
+  int best = 0;
+  for (int k = 1; k < lc->count; k++)
+    if (fabs(log(bw / lc->bandwidth[k])) < fabs(log(bw / lc->bandwidth[best])))
+      best = k;
+  return best;
 }
 
 /* The distinct bandwidths of the links the plan uses (pipeline hops and rings), slowest first;
@@ -257,7 +259,7 @@ static void find_classes(const run *r, link_classes *lc) {
         lh_links_get(r->links, d, e[k], &a, &bw);
         int known = 0;
         for (int c = 0; c < lc->count; c++)
-          known |= fabs(bw - lc->bandwidth[c]) <= 1e-6 * bw;
+          known |= fabs(log(bw / lc->bandwidth[c])) < log(1.1);
         if (!known && lc->count < MAX_CLASSES) {
           int at = lc->count++;
           while (at > 0 && lc->bandwidth[at - 1] > bw) {
@@ -270,12 +272,13 @@ static void find_classes(const run *r, link_classes *lc) {
     }
 }
 
+/* "25M", "1G", "9.6G": two significant digits are enough to name a class. */
 static void format_bandwidth(double Bps, char *out, size_t cap) {
   double bits = Bps * 8;
   if (bits >= 1e9)
-    snprintf(out, cap, "%gG", bits / 1e9);
+    snprintf(out, cap, "%.2gG", bits / 1e9);
   else
-    snprintf(out, cap, "%gM", bits / 1e6);
+    snprintf(out, cap, "%.2gM", bits / 1e6);
 }
 
 /* ---- setup ------------------------------------------------------------------------------------- */
@@ -443,9 +446,17 @@ static void save_checkpoint(run *r, int64_t step, double seconds) {
 
 /* Returns the steps done of the checkpoint loaded and sets *seconds. */
 static int64_t load_checkpoint(run *r, double *seconds) {
-  char name[256], dir[4096], path[4200], err[512];
-  if (ckpt_read_latest(r->o.checkpoint_dir, name, sizeof name, err, sizeof err) != 0)
-    die(r, "%s", err);
+  char name[256] = {0}, dir[4096], path[4200], err[512];
+  /* Rank 0's DIR/latest names the checkpoint for everyone: the other hosts need only their
+   * own rank files, not a shared file system. */
+  int ok = r->rank != 0 || ckpt_read_latest(r->o.checkpoint_dir, name, sizeof name, err, sizeof err) == 0;
+  if (!ok) {
+    fprintf(stderr, "train_gpt: %s\n", err);
+    name[0] = 0;
+  }
+  check(r, lh_bcast(r->world, name, sizeof name, 0), "agreeing on the checkpoint");
+  if (!name[0])
+    exit(1);
   snprintf(dir, sizeof dir, "%s/%s", r->o.checkpoint_dir, name);
   ckpt_header h;
   ckpt_path(path, sizeof path, dir, r->rank, "model");
