@@ -59,3 +59,20 @@ lh_status lh_write_text_file(const char *path, const char *who, lh_stream_writer
     return lh_error(LH_ERR_IO, "%s: cannot finish writing '%s': %s", who, path, strerror(errno));
   return LH_SUCCESS;
 }
+
+const char *lh_quote_text(const char *begin, size_t length, char *text, size_t capacity) {
+  enum { SHOWN = 40 };
+  size_t n = 0;
+  text[n++] = '\'';
+  for (size_t i = 0; i < length && i < SHOWN && n + 8 < capacity; i++) {
+    unsigned char c = (unsigned char)begin[i];
+    if (c >= ' ' && c < 0x7f)
+      text[n++] = (char)c;
+    else
+      n += (size_t)snprintf(text + n, capacity - n, "\\x%02x", c);
+  }
+  if (length > SHOWN)
+    n += (size_t)snprintf(text + n, capacity - n, "...");
+  snprintf(text + n, capacity - n, "'");
+  return text;
+}

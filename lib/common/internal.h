@@ -70,6 +70,10 @@ void *lh_malloc(size_t bytes, const char *what);
 lh_status lh_read_text_file(const char *path, const char *who, size_t limit, char **text, size_t *length);
 /* Creates or truncates path and writes it with write(object, stream); errors name `who`, the
  * path and the reason (a failed write keeps the writer's detail). */
+/* Text from a file as a message quotes it: in single quotes, the first 40 bytes, unprintable
+ * bytes as \xNN, "..." when cut; text must hold LH_QUOTE_CAPACITY bytes. Returns text. */
+#define LH_QUOTE_CAPACITY 200
+const char *lh_quote_text(const char *begin, size_t length, char *text, size_t capacity);
 typedef lh_status (*lh_stream_writer)(const void *object, FILE *stream);
 lh_status lh_write_text_file(const char *path, const char *who, lh_stream_writer write, const void *object);
 void *lh_calloc(size_t count, size_t size, const char *what);

@@ -281,25 +281,8 @@ static int lh_token_is_identifier(const lh_token *t) {
   return 1;
 }
 
-/* The token as it may appear in a message: quoted, shortened, unprintable bytes escaped. */
-static const char *lh_token_show(const char *begin, size_t length, char *text, size_t capacity) {
-  enum { SHOWN = 40 };
-  size_t n = 0;
-  text[n++] = '\'';
-  for (size_t i = 0; i < length && i < SHOWN && n + 8 < capacity; i++) {
-    unsigned char c = (unsigned char)begin[i];
-    if (c >= ' ' && c < 0x7f)
-      text[n++] = (char)c;
-    else
-      n += (size_t)snprintf(text + n, capacity - n, "\\x%02x", c);
-  }
-  if (length > SHOWN)
-    n += (size_t)snprintf(text + n, capacity - n, "...");
-  snprintf(text + n, capacity - n, "'");
-  return text;
-}
-#define LH_SHOW_CAPACITY 200
-#define LH_SHOW(tok, buf) lh_token_show((tok).begin, (tok).length, (buf), sizeof (buf))
+#define LH_SHOW_CAPACITY LH_QUOTE_CAPACITY
+#define LH_SHOW(tok, buf) lh_quote_text((tok).begin, (tok).length, (buf), sizeof (buf))
 
 static lh_status lh_parse_fail(const lh_parser *ps, const char *fmt, ...) LH_PRINTF(2, 3);
 static lh_status lh_parse_fail(const lh_parser *ps, const char *fmt, ...) {
@@ -340,9 +323,9 @@ static lh_status lh_parse_magic(lh_parser *ps, const char *line, size_t length) 
   size_t prefix = strlen(LH_LINKS_MAGIC) - 1;
   if (trimmed > prefix && !memcmp(line, LH_LINKS_MAGIC, prefix) && line[prefix] != '1')
     return lh_parse_fail(ps, "expected '%s' as the first line, found %s: this reader knows version 1 only",
-                         LH_LINKS_MAGIC, lh_token_show(line, trimmed, shown, sizeof shown));
+                         LH_LINKS_MAGIC, lh_quote_text(line, trimmed, shown, sizeof shown));
   return lh_parse_fail(ps, "expected '%s' as the first line, found %s", LH_LINKS_MAGIC,
-                       trimmed ? lh_token_show(line, trimmed, shown, sizeof shown) : "an empty line");
+                       trimmed ? lh_quote_text(line, trimmed, shown, sizeof shown) : "an empty line");
 }
 
 static lh_status lh_parse_devices(lh_parser *ps, const char *cursor, const char *end) {

@@ -165,24 +165,7 @@ static lh_status lh_json_fail(const lh_json *js, int line, const char *fmt, ...)
   return lh_error(LH_ERR_PARSE, "%s:%d: %s", js->source, line, what);
 }
 
-/* Text quoted for a message: shortened, unprintable bytes escaped. */
-static const char *lh_json_show(const char *begin, size_t length, char *text, size_t capacity) {
-  enum { SHOWN = 40 };
-  size_t n = 0;
-  text[n++] = '\'';
-  for (size_t i = 0; i < length && i < SHOWN && n + 8 < capacity; i++) {
-    unsigned char c = (unsigned char)begin[i];
-    if (c >= ' ' && c < 0x7f)
-      text[n++] = (char)c;
-    else
-      n += (size_t)snprintf(text + n, capacity - n, "\\x%02x", c);
-  }
-  if (length > SHOWN)
-    n += (size_t)snprintf(text + n, capacity - n, "...");
-  snprintf(text + n, capacity - n, "'");
-  return text;
-}
-#define LH_SHOW_CAPACITY 200
+#define LH_SHOW_CAPACITY LH_QUOTE_CAPACITY
 
 /* What stands at the cursor, for "found ...": the end of the text, a word or number, or one
  * character. */
@@ -198,7 +181,7 @@ static const char *lh_json_found(const lh_json *js, char *text, size_t capacity)
       break;
     n++;
   }
-  return lh_json_show(js->p, n ? n : 1, text, capacity);
+  return lh_quote_text(js->p, n ? n : 1, text, capacity);
 }
 
 static void lh_json_space(lh_json *js) {
@@ -285,7 +268,7 @@ static lh_status lh_json_string(lh_json *js, const char *what, char *out, size_t
         unsigned u, low;
         if (!lh_json_hex4(js->p + 2, js->end, &u))
           return lh_json_fail(js, js->line, "expected 4 hex digits after \\u, found %s",
-                              lh_json_show(js->p, (size_t)(js->end - js->p < 6 ? js->end - js->p : 6), shown,
+                              lh_quote_text(js->p, (size_t)(js->end - js->p < 6 ? js->end - js->p : 6), shown,
                                            sizeof shown));
         js->p += 6;
         if (u >= 0xdc00 && u <= 0xdfff)
@@ -318,7 +301,7 @@ static lh_status lh_json_string(lh_json *js, const char *what, char *out, size_t
         }
       } else {
         return lh_json_fail(js, js->line, "expected an escape (\\\" \\\\ \\/ \\b \\f \\n \\r \\t \\uXXXX), found %s",
-                            lh_json_show(js->p, js->p + 1 < js->end ? 2 : 1, shown, sizeof shown));
+                            lh_quote_text(js->p, js->p + 1 < js->end ? 2 : 1, shown, sizeof shown));
       }
     }
     for (size_t i = 0; i < count; i++, n++)
@@ -368,7 +351,7 @@ static lh_status lh_json_read_uint(lh_json *js, const char *what, uint64_t min, 
     bad = 2;
   if (bad)
     return lh_json_fail(js, num.line, "expected %s, found %s%s", expected,
-                        lh_json_show(num.text, num.length, shown, sizeof shown),
+                        lh_quote_text(num.text, num.length, shown, sizeof shown),
                         bad == 1 ? " (not a whole number)" : " (out of range)");
   return LH_SUCCESS;
 }
@@ -637,7 +620,7 @@ static lh_status lh_plan_parse_value(lh_plan_parser *ps, int k) {
     LH_CHECK(lh_json_string(js, "a string for \"format\"", text, sizeof text, &length));
     if (length != strlen(LH_PLAN_FORMAT) || strcmp(text, LH_PLAN_FORMAT) != 0)
       return lh_json_fail(js, js->line, "expected \"format\": \"%s\", found %s: this is not a Longhaul plan",
-                          LH_PLAN_FORMAT, lh_json_show(text, length < sizeof text ? length : sizeof text - 1, shown,
+                          LH_PLAN_FORMAT, lh_quote_text(text, length < sizeof text ? length : sizeof text - 1, shown,
                                                         sizeof shown));
     return LH_SUCCESS;
   case K_VERSION: {
@@ -663,7 +646,7 @@ static lh_status lh_plan_parse_value(lh_plan_parser *ps, int k) {
     lh_error_clear();
     if (!known)
       return lh_json_fail(js, js->line, "expected \"objective\" to be \"pipelined\" or \"dtfm\", found %s",
-                          lh_json_show(text, length < sizeof text ? length : sizeof text - 1, shown, sizeof shown));
+                          lh_quote_text(text, length < sizeof text ? length : sizeof text - 1, shown, sizeof shown));
     return LH_SUCCESS;
   }
   case K_SEED:
@@ -697,7 +680,7 @@ static lh_status lh_plan_parse_value(lh_plan_parser *ps, int k) {
     double value = lh_json_decimal_to_double(&num.d);
     if (!isfinite(value))
       return lh_json_fail(js, num.line, "expected %s, found %s, beyond the range of a double", what,
-                          lh_json_show(num.text, num.length, shown, sizeof shown));
+                          lh_quote_text(num.text, num.length, shown, sizeof shown));
     ps->real[r] = value;
     ps->real_set[r] = 1;
     return LH_SUCCESS;
