@@ -72,7 +72,7 @@ if run configure "$(allow 120 300)" "$OUT/configure.log" \
   grep -E "LH_WITH_|CMAKE_CUDA_ARCHITECTURES" "$OUT/configure.log" | tee -a "$OUT/summary.txt"
   # Only what the gpu tests and the benchmark need; the whole tree if that fails (a renamed
   # target), with whatever time is left.
-  targets=(test_gpu_aqsgd test_gpu_aqsgd_context test_gpu_codec_device test_gpu_allreduce test_gpu_codecs test_gpu_reduce test_gpu_transport
+  targets=(test_gpu_gpt test_gpu_aqsgd test_gpu_aqsgd_context test_gpu_codec_device test_gpu_allreduce test_gpu_codecs test_gpu_reduce test_gpu_transport
            aqsgd_perf codec_perf)
   if run build "$(allow 300 200)" "$OUT/build.log" cmake --build "$BUILD" -j "$JOBS" --target "${targets[@]}"; then
     build_ok=1
@@ -87,7 +87,7 @@ if run configure "$(allow 120 300)" "$OUT/configure.log" \
 fi
 
 # ---- tests -------------------------------------------------------------------------------------
-NEW='^test_gpu_(aqsgd|aqsgd_context|codec_device|allreduce_np[0-9]+)$'
+NEW='^test_gpu_(gpt|aqsgd|aqsgd_context|codec_device|allreduce_np[0-9]+)$'
 if ((build_ok)) || [ -d "$BUILD/tests/gpu" ]; then
   # Phase 1: the device-buffer codec and all-reduce tests (the reason for this run), verbose so
   # that their notes (a case the engine does not support on device buffers) reach the log.
