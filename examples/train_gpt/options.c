@@ -54,6 +54,8 @@ static const char usage_text[] =
     "  --history FILE.csv      step, seconds, loss, val_loss (default train_gpt.csv)\n"
     "  --name TEXT             a label for this run in the output\n"
     "  --quiet                 only the banner's first line and the summary\n"
+    "  --device auto|cuda|cpu  where the model computes (default auto: a GPU when this build has\n"
+    "                          CUDA and the host has one; the all-reduce and AdamW stay on the host)\n"
     "  --help                  this text\n"
     "\n"
     "Progress lines: step, epoch, loss=<train loss>, val=<validation loss> when measured,\n"
@@ -203,7 +205,7 @@ int options_parse(int argc, char **argv, options *o, int speak) {
                                          "--micro-batches", "--micro-batch", "--schedule", "--seed", "--lr",
                                          "--min-lr", "--warmup-steps", "--weight-decay", "--clip", "--aqsgd",
                                          "--grad-codec", "--log-every", "--eval-every", "--checkpoint-every",
-                                         "--checkpoint-dir", "--plot", "--history", "--name"};
+                                         "--checkpoint-dir", "--plot", "--history", "--name", "--device"};
     int known = 0;
     for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
       known |= !strcmp(a, valued[k]);
@@ -267,6 +269,17 @@ int options_parse(int argc, char **argv, options *o, int speak) {
       if (errno || end == v || *end || v[0] == '-')
         return bad(speak, "%s takes a non-negative integer, not '%s'", a, v);
       o->seed = s;
+      continue;
+    }
+    if (!strcmp(a, "--device")) {
+      if (!strcmp(v, "auto"))
+        o->device = 0;
+      else if (!strcmp(v, "cuda"))
+        o->device = 1;
+      else if (!strcmp(v, "cpu"))
+        o->device = 2;
+      else
+        return bad(speak, "%s takes auto, cuda or cpu, not '%s'", a, v);
       continue;
     }
     if (!strcmp(a, "--schedule")) {

@@ -37,6 +37,7 @@ typedef struct {
   const char *history;       /* CSV of step, seconds, loss, val_loss */
   const char *name;          /* a label for this run in the output */
   int quiet;
+  int device;                /* 0 auto (a GPU when built with CUDA and one is present), 1 cuda, 2 cpu */
 } options;
 
 /* Parses argv into o; on a bad flag prints one sentence to stderr (when `speak`) and returns

@@ -32,6 +32,9 @@
 #include "gpt.h"
 #include "optim.h"
 #include "options.h"
+#ifdef TRAIN_GPT_CUDA
+#include "gpt_cuda.h"
+#endif
 
 /* ---- run state ------------------------------------------------------------------------------ */
 
@@ -46,7 +49,10 @@ typedef struct {
   lh_comm stage_comm;
   lh_reducer reducer;
   int stage, replica, first_layer, last_layer;
-  gpt_stage *model;
+  gpt_stage *model;       /* the CPU model; with a GPU, the host copy of parameters and gradients */
+#ifdef TRAIN_GPT_CUDA
+  gpt_cuda_stage *gpu;    /* the stage's compute when --device cuda */
+#endif
   gpt_adamw adam;
   unsigned char *decay;
   lh_tensor *tensors;
@@ -94,6 +100,39 @@ static void check(const run *r, lh_status st, const char *what) {
 
 /* ---- the stage callbacks ---------------------------------------------------------------------- */
 
+static const char *model_error(const run *r) {
+#ifdef TRAIN_GPT_CUDA
+  if (r->gpu)
+    return gpt_cuda_error();
+#endif
+  (void)r;
+  return gpt_error();
+}
+
+/* With a GPU the host arrays are a mirror: gradients come down after the pipeline step,
+ * parameters go up after the optimizer (the all-reduce and AdamW run on the host). */
+static void model_sync(run *r, int grads_down, int params_up) {
+#ifdef TRAIN_GPT_CUDA
+  if (!r->gpu)
+    return;
+  if ((grads_down && gpt_cuda_stage_grads_to_host(r->gpu, gpt_stage_grads(r->model)) != 0) ||
+      (params_up && gpt_cuda_stage_params_from_host(r->gpu, gpt_stage_params(r->model)) != 0))
+    die(NULL, "rank %d: copying between the GPU and the host: %s", r->rank, gpt_cuda_error());
+#else
+  (void)r;
+  (void)grads_down;
+  (void)params_up;
+#endif
+}
+
+static void model_zero_grad(run *r) {
+#ifdef TRAIN_GPT_CUDA
+  if (r->gpu && gpt_cuda_stage_zero_grad(r->gpu) != 0)
+    die(NULL, "rank %d: %s", r->rank, gpt_cuda_error());
+#endif
+  gpt_stage_zero_grad(r->model);
+}
+
 static int slot_of(const run *r, const lh_stage_call *call) { return call->training ? call->micro : 0; }
 
 static void fill_tokens(run *r, const lh_stage_call *call, data_split split) {
@@ -109,9 +148,17 @@ static lh_status forward(void *user, lh_stage_call *call) {
   if (first || last)
     fill_tokens(r, call, split);
   double loss = 0;
-  if (gpt_stage_forward(r->model, slot_of(r, call), (int)call->count, first ? r->tokens : NULL, call->input,
-                        call->output, last ? r->targets : NULL, &loss) != 0) {
-    fprintf(stderr, "train_gpt[rank %d]: the model's forward: %s\n", r->rank, gpt_error());
+  int failed;
+#ifdef TRAIN_GPT_CUDA
+  if (r->gpu)
+    failed = gpt_cuda_stage_forward(r->gpu, slot_of(r, call), (int)call->count, first ? r->tokens : NULL,
+                                    call->input, call->output, last ? r->targets : NULL, &loss) != 0;
+  else
+#endif
+    failed = gpt_stage_forward(r->model, slot_of(r, call), (int)call->count, first ? r->tokens : NULL, call->input,
+                               call->output, last ? r->targets : NULL, &loss) != 0;
+  if (failed) {
+    fprintf(stderr, "train_gpt[rank %d]: the model's forward: %s\n", r->rank, model_error(r));
     return LH_ERR_INVALID_ARGUMENT;
   }
   if (last)
@@ -121,9 +168,17 @@ static lh_status forward(void *user, lh_stage_call *call) {
 
 static lh_status backward(void *user, lh_stage_call *call) {
   run *r = user;
-  if (gpt_stage_backward(r->model, slot_of(r, call), (int)call->count, call->grad_output, call->grad_input,
-                         1.0f / (float)r->micro_batches) != 0) {
-    fprintf(stderr, "train_gpt[rank %d]: the model's backward: %s\n", r->rank, gpt_error());
+  int failed;
+#ifdef TRAIN_GPT_CUDA
+  if (r->gpu)
+    failed = gpt_cuda_stage_backward(r->gpu, slot_of(r, call), (int)call->count, call->grad_output,
+                                     call->grad_input, 1.0f / (float)r->micro_batches) != 0;
+  else
+#endif
+    failed = gpt_stage_backward(r->model, slot_of(r, call), (int)call->count, call->grad_output, call->grad_input,
+                                1.0f / (float)r->micro_batches) != 0;
+  if (failed) {
+    fprintf(stderr, "train_gpt[rank %d]: the model's backward: %s\n", r->rank, model_error(r));
     return LH_ERR_INVALID_ARGUMENT;
   }
   return LH_SUCCESS;
@@ -303,9 +358,24 @@ static void setup_stage(run *r) {
   free(layers);
   gpt_config cfg = {DATA_VOCAB, o->context, o->channels, o->heads, o->layers};
   r->micro_batches = o->micro_batches;
-  if (gpt_stage_create(&cfg, r->first_layer, r->last_layer, r->stage == 0, r->stage == o->pp - 1, o->micro_batch,
-                       o->micro_batches, o->seed, &r->model) != 0)
+  int on_gpu = 0;
+#ifdef TRAIN_GPT_CUDA
+  on_gpu = o->device == 1 || (o->device == 0 && gpt_cuda_device_count() > 0);
+  if (o->device == 1 && gpt_cuda_device_count() <= 0)
+    die(NULL, "rank %d: --device cuda, but this host has no usable CUDA device", r->rank);
+#else
+  if (o->device == 1)
+    die(r, "--device cuda: this train_gpt was built without CUDA (configure with -DLH_WITH_CUDA=ON)");
+#endif
+  /* With a GPU the CPU stage only mirrors parameters and gradients: one slot of one example. */
+  if (gpt_stage_create(&cfg, r->first_layer, r->last_layer, r->stage == 0, r->stage == o->pp - 1,
+                       on_gpu ? 1 : o->micro_batch, on_gpu ? 1 : o->micro_batches, o->seed, &r->model) != 0)
     die(r, "the model: %s", gpt_error());
+#ifdef TRAIN_GPT_CUDA
+  if (on_gpu && gpt_cuda_stage_create(&cfg, r->first_layer, r->last_layer, r->stage == 0, r->stage == o->pp - 1,
+                                      o->micro_batch, o->micro_batches, o->seed, &r->gpu) != 0)
+    die(NULL, "rank %d: the model on the GPU: %s", r->rank, gpt_cuda_error());
+#endif
   size_t n = gpt_stage_param_count(r->model);
   r->decay = malloc(n ? n : 1);
   if (!r->decay || gpt_adamw_init(&r->adam, n) != 0)
@@ -480,6 +550,7 @@ static int64_t load_checkpoint(run *r, double *seconds) {
     ckpt_path(path, sizeof path, dir, r->rank, "reducer");
     check(r, lh_reducer_load(r->reducer, path), "loading the all-reduce's error feedback");
   }
+  model_sync(r, 0, 1);
   *seconds = h.seconds;
   return h.step;
 }
@@ -558,9 +629,10 @@ static void train(run *r, int64_t start, double seconds_before) {
     }
     const int64_t *ids = r->epoch_order + (step % steps_per_epoch) * per_step;
     double t0 = now();
-    gpt_stage_zero_grad(r->model);
+    model_zero_grad(r);
     lh_pipeline_stats ps = LH_PIPELINE_STATS_INIT;
     check(r, lh_pipeline_step(r->pipe, ids, &ps), "a pipeline step");
+    model_sync(r, 1, 0);
     double t1 = now();
     if (r->reducer) /* the replicas' mean gradient */
       check(r, lh_reducer_allreduce(r->reducer, r->tensors, r->ntensors), "the gradient all-reduce");
@@ -571,6 +643,7 @@ static void train(run *r, int64_t start, double seconds_before) {
       gpt_grad_scale(grads, n, gpt_clip_factor(gpt_grad_sumsq(grads, n), o->clip / sqrt((double)o->pp)));
     gpt_adamw_hparams hp = {learning_rate(o, step), 0.9f, 0.95f, 1e-8f, o->weight_decay};
     gpt_adamw_step(&r->adam, params, grads, r->decay, &hp);
+    model_sync(r, 0, 1);
     double t3 = now();
 
     sums[S_LOSS] += ps.has_loss ? (float)ps.loss : 0;
@@ -671,8 +744,13 @@ static void banner(run *r) {
          hosts == 1 ? "" : "s", simulated ? sim : "real links");
   if (o->quiet)
     return;
-  printf("  model    %d layers x %d channels x %d heads, context %d, %zu parameters on this rank's stage\n",
-         o->layers, o->channels, o->heads, o->context, gpt_stage_param_count(r->model));
+  int gpu = 0;
+#ifdef TRAIN_GPT_CUDA
+  gpu = r->gpu != NULL;
+#endif
+  printf("  model    %d layers x %d channels x %d heads, context %d, %zu parameters on this rank's stage, on %s\n",
+         o->layers, o->channels, o->heads, o->context, gpt_stage_param_count(r->model),
+         gpu ? "a GPU (cuBLAS)" : "CPUs (OpenBLAS)");
   printf("  data     %s: %zu bytes, %lld training examples (%lld per replica), %lld validation\n",
          data_source(r->data), data_size(r->data), (long long)(r->shard_count * o->dp), (long long)r->shard_count,
          (long long)data_val_examples(r->data));
@@ -811,6 +889,9 @@ int main(int argc, char **argv) {
   }
   lh_reducer_free(r.reducer);
   lh_pipeline_free(r.pipe);
+#ifdef TRAIN_GPT_CUDA
+  gpt_cuda_stage_free(r.gpu);
+#endif
   gpt_stage_free(r.model);
   gpt_adamw_destroy(&r.adam);
   lh_plan_free(r.plan);

@@ -72,7 +72,7 @@ if run configure "$(allow 120 300)" "$OUT/configure.log" \
   grep -E "LH_WITH_|CMAKE_CUDA_ARCHITECTURES" "$OUT/configure.log" | tee -a "$OUT/summary.txt"
   # Only what the gpu tests and the benchmark need; the whole tree if that fails (a renamed
   # target), with whatever time is left.
-  targets=(test_gpu_gpt test_gpu_aqsgd test_gpu_aqsgd_context test_gpu_codec_device test_gpu_allreduce test_gpu_codecs test_gpu_reduce test_gpu_transport
+  targets=(test_gpu_gpt train_gpt test_gpu_aqsgd test_gpu_aqsgd_context test_gpu_codec_device test_gpu_allreduce test_gpu_codecs test_gpu_reduce test_gpu_transport
            aqsgd_perf codec_perf)
   if run build "$(allow 300 200)" "$OUT/build.log" cmake --build "$BUILD" -j "$JOBS" --target "${targets[@]}"; then
     build_ok=1
@@ -108,6 +108,20 @@ if [ -x "$BUILD/bench/codec_perf" ]; then
   run codec_perf "$(allow 60)" "$OUT/codec_perf.txt" "$BUILD/bench/codec_perf" --size 16M --iters 5
 fi
 
+# train_gpt on the GPU against the CPU: 2 ranks (2 stages) share the device; the losses of the
+# two runs should agree to about 1e-3 (cuBLAS and OpenBLAS sum in other orders).
+if [ -x "$BUILD/examples/train_gpt" ]; then
+  printf '%s\n' "# longhaul links v1" "devices 2" "latency_ms" "0 1" "1 0" "bandwidth_gbps" "0 10" "10 0" \
+    >"$OUT/two.links"
+  tg=(mpirun -np 2 --oversubscribe -x OPENBLAS_NUM_THREADS=1 "$BUILD/examples/train_gpt" --pp 2 --dp 1
+      --links "$OUT/two.links" --steps 20 --log-every 5 --eval-every 10 --plot none --checkpoint-every 0
+      --examples 64 --micro-batches 2 --data README.md)
+  run "train_gpt --device cuda" "$(allow 120 30)" "$OUT/train_gpt_cuda.txt" "${tg[@]}" --device cuda \
+    --history "$OUT/train_gpt_cuda.csv"
+  run "train_gpt --device cpu" "$(allow 120 30)" "$OUT/train_gpt_cpu.txt" "${tg[@]}" --device cpu \
+    --history "$OUT/train_gpt_cpu.csv"
+fi
+
 # ---- summary -----------------------------------------------------------------------------------
 count() { cat "$@" 2>/dev/null | grep -cE "$PATTERN" || true; }
 logs=("$OUT/ctest_gpu_new.log" "$OUT/ctest_gpu_rest.log")
@@ -126,6 +140,10 @@ PATTERN='Test +#[0-9]+: .*(\*\*\*(Failed|Timeout|Exception)|Not Run)'; failed=$(
   if [ -s "$OUT/aqsgd_perf.txt" ]; then
     echo "---- aqsgd_perf ----"
     grep -vE '^\s*$' "$OUT/aqsgd_perf.txt"
+  fi
+  if [ -s "$OUT/train_gpt_cuda.csv" ] && [ -s "$OUT/train_gpt_cpu.csv" ]; then
+    echo "---- train_gpt losses: step, cuda, cpu ----"
+    paste -d, "$OUT/train_gpt_cuda.csv" "$OUT/train_gpt_cpu.csv" | awk -F, 'NR > 1 { print "  " $1, $3, $7 }'
   fi
   if [ -s "$OUT/codec_perf.txt" ]; then
     echo "---- codec_perf (16 MiB, 5 iterations) ----"
