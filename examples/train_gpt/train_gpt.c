@@ -439,6 +439,9 @@ static void setup_pipeline(run *r) {
   pc.boundary_channels = widths;
   pc.schedule = o->schedule;
   pc.aq.mode = o->aq_mode;
+  /* Uncompressed means fp32 on the wire (the runtime's OFF sends rows in the storage type). */
+  if (o->aq_mode == LH_AQ_OFF)
+    pc.aq.storage = LH_AQ_FP32;
   pc.aq.forward_bits = o->fw_bits;
   pc.aq.backward_bits = o->bw_bits;
   pc.aq.seed = o->seed;
