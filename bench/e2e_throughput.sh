@@ -9,8 +9,7 @@
 #                  (b) AQ-SGD fw4/bw8, gradients uncompressed: --aqsgd 4/8 --grad-codec none
 #                  (c) AQ-SGD fw2/bw4 + int4 gradients: --aqsgd 2/4 --grad-codec int4
 #                  (c') with --topk: AQ-SGD fw2/bw4 + top-k gradients (density 0.01)
-# (--aqsgd off puts activations and their gradients on the wire in AQ-SGD's storage type, fp16
-# by default, not fp32: the MB/step column shows what each run sent.)
+# ((a) sends activations and their gradients as fp32; the MB/step column shows what each run sent.)
 # Links: for each of 10 Gbit/s, 1 Gbit/s, 500 Mbit/s and 100 Mbit/s (--quick: 10 Gbit/s and
 # 500 Mbit/s) a link file of 4 devices, every link at that bandwidth with 10 ms one-way
 # latency, given both as LH_LINKS (the simulation) and --links (the scheduler).
