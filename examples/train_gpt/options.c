@@ -309,7 +309,5 @@ int options_parse(int argc, char **argv, options *o, int speak) {
   }
   if (o->channels % o->heads)
     return bad(speak, "%s: the width must be a multiple of the heads%s", "--channels/--heads", "");
-  if (o->plan_file && o->links == NULL && 0)
-    return 2;
   return 0;
 }
