@@ -14,7 +14,7 @@
 # 500 Mbit/s) a link file of 4 devices, every link at that bandwidth with 10 ms one-way
 # latency, given both as LH_LINKS (the simulation) and --links (the scheduler).
 # Model: 2 layers x 128 channels, context 128, 4 micro-batches x 8 examples per replica, 1024
-# training examples (16 steps per epoch), 64 steps = 4 epochs, validation on 256 examples
+# training examples (16 steps per epoch), 128 steps = 8 epochs, validation on 256 examples
 # (--quick: 256 examples = 4 steps per epoch, 12 steps, 64 validation examples).
 # Timing: from train_gpt's --history CSV (step, seconds since training began). Seconds per step
 # = the time between the row at the end of epoch 1 and the last row before the final one,
@@ -65,7 +65,7 @@ if [ "$quick" = 1 ]; then
   examples=256 val_examples=64 log_every=1 default_steps=12
   bandwidths="10:10 Gbit/s|0.5:500 Mbit/s"
 else
-  examples=1024 val_examples=256 log_every=4 default_steps=64
+  examples=1024 val_examples=256 log_every=4 default_steps=128
   bandwidths="10:10 Gbit/s|1:1 Gbit/s|0.5:500 Mbit/s|0.1:100 Mbit/s"
 fi
 steps=${steps:-$default_steps}
