@@ -483,6 +483,27 @@ static void aq_stores(const run *r, lh_aq_store *prev, lh_aq_store *next) {
     check(r, lh_aq_sender_store(to_next, next), "the sender's store");
 }
 
+/* The library's part of a checkpoint, this rank's files in dir: the AQ-SGD stores of the
+ * boundaries before and after its stage, and the all-reduce's error feedback. */
+static void library_state(run *r, const char *dir, int save) {
+  char path[4200];
+  lh_aq_store stores[2];
+  const char *names[2] = {"aq-prev", "aq-next"};
+  aq_stores(r, &stores[0], &stores[1]);
+  for (int k = 0; k < 2; k++) {
+    if (!stores[k])
+      continue;
+    ckpt_path(path, sizeof path, dir, r->rank, names[k]);
+    check(r, save ? lh_aq_store_save(stores[k], path) : lh_aq_store_load(stores[k], path),
+          save ? "saving the AQ-SGD buffers" : "loading the AQ-SGD buffers");
+  }
+  if (r->reducer) {
+    ckpt_path(path, sizeof path, dir, r->rank, "reducer");
+    check(r, save ? lh_reducer_save(r->reducer, path) : lh_reducer_load(r->reducer, path),
+          save ? "saving the all-reduce's error feedback" : "loading the all-reduce's error feedback");
+  }
+}
+
 /* Every rank writes its files into DIR/step-N; after a barrier rank 0 points DIR/latest at it. */
 static void save_checkpoint(run *r, int64_t step, double seconds) {
   char dir[4096], path[4200], err[512], name[64];
@@ -494,20 +515,7 @@ static void save_checkpoint(run *r, int64_t step, double seconds) {
   ckpt_path(path, sizeof path, dir, r->rank, "model");
   if (ckpt_write_model(path, &h, gpt_stage_params(r->model), r->adam.m, r->adam.v, r->adam.n, err, sizeof err) != 0)
     die(NULL, "rank %d: %s", r->rank, err);
-  lh_aq_store prev, next;
-  aq_stores(r, &prev, &next);
-  if (prev) {
-    ckpt_path(path, sizeof path, dir, r->rank, "aq-prev");
-    check(r, lh_aq_store_save(prev, path), "saving the AQ-SGD buffers");
-  }
-  if (next) {
-    ckpt_path(path, sizeof path, dir, r->rank, "aq-next");
-    check(r, lh_aq_store_save(next, path), "saving the AQ-SGD buffers");
-  }
-  if (r->reducer) {
-    ckpt_path(path, sizeof path, dir, r->rank, "reducer");
-    check(r, lh_reducer_save(r->reducer, path), "saving the all-reduce's error feedback");
-  }
+  library_state(r, dir, 1);
   check(r, lh_barrier(r->world), "waiting for every rank's checkpoint");
   if (r->rank == 0) {
     if (ckpt_write_latest(r->o.checkpoint_dir, name, err, sizeof err) != 0)
@@ -539,20 +547,7 @@ static int64_t load_checkpoint(run *r, double *seconds) {
     die(r, "the checkpoint %s was written by a run with other flags, data or placement; resume with the same ones",
         dir);
   r->adam.step = h.adam_step;
-  lh_aq_store prev, next;
-  aq_stores(r, &prev, &next);
-  if (prev) {
-    ckpt_path(path, sizeof path, dir, r->rank, "aq-prev");
-    check(r, lh_aq_store_load(prev, path), "loading the AQ-SGD buffers");
-  }
-  if (next) {
-    ckpt_path(path, sizeof path, dir, r->rank, "aq-next");
-    check(r, lh_aq_store_load(next, path), "loading the AQ-SGD buffers");
-  }
-  if (r->reducer) {
-    ckpt_path(path, sizeof path, dir, r->rank, "reducer");
-    check(r, lh_reducer_load(r->reducer, path), "loading the all-reduce's error feedback");
-  }
+  library_state(r, dir, 0);
   model_sync(r, 0, 1);
   *seconds = h.seconds;
   return h.step;
