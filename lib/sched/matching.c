@@ -126,11 +126,6 @@ static int lh_perfect_at(lh_bottleneck_work *w, const double *cost, int rows, in
   return 1;
 }
 
-static int lh_cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
 /* Least total cost among matchings using only pairs <= t (one is known to exist). */
 static void lh_min_sum_at(lh_bottleneck_work *w, const double *cost, int rows, int cols, double t, int *match) {
   /* A forbidden pair costs more than any admissible matching can. */
@@ -237,7 +232,7 @@ double lh_bottleneck_assign(lh_bottleneck_work *w, const double *cost, int rows,
   for (size_t i = 0; i < count; i++)
     if (cost[i] > t)
       w->values[k++] = cost[i];
-  qsort(w->values, k, sizeof(double), lh_cmp_double);
+  qsort(w->values, k, sizeof(double), lh_sched_cmp_double);
   size_t lo = 0, hi = k - 1;
   if (lh_perfect_at(w, cost, rows, cols, w->values[0]))
     hi = 0;

@@ -395,11 +395,6 @@ void lh_objective_eval(const lh_net *net, const lh_objective *obj, const int *gr
 
 /* ---- lower bounds ---------------------------------------------------------------------------- */
 
-static int lh_cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
 double lh_objective_lower_bound(const lh_net *net, const lh_objective *obj) {
   int n = net->n, P = obj->pp, D = obj->dp;
   double *row = lh_malloc((size_t)n * sizeof(double), "scheduler lower bound");
@@ -417,7 +412,7 @@ double lh_objective_lower_bound(const lh_net *net, const lh_objective *obj) {
       for (int e = 0; e < n; e++)
         if (e != d)
           row[k++] = obj->dp_edge[(size_t)d * n + e];
-      qsort(row, (size_t)k, sizeof(double), lh_cmp_double);
+      qsort(row, (size_t)k, sizeof(double), lh_sched_cmp_double);
       double sum = 0;
       for (int j = 0; j < D - 1; j++)
         sum += row[j];

@@ -107,6 +107,12 @@ typedef struct lh_search_result {
 lh_status lh_search_run(const lh_net *net, const lh_objective *obj, uint64_t seed, int restarts, double deadline,
                         int *grid, lh_search_result *result);
 
+/* qsort's ascending order of doubles. */
+static inline int lh_sched_cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
 /* A splitmix64 stream: the scheduler's only randomness. */
 static inline uint64_t lh_sched_rand(uint64_t *state) {
   uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);

@@ -447,11 +447,6 @@ static int lh_root(int *parent, int x) {
   return x;
 }
 
-static int lh_cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
 /* Stage 0 from the clusters of links no dearer than `threshold`: seats in proportion to the
  * clusters' sizes (each next seat to the cluster furthest below its share; ties to the larger,
  * then the lower-numbered cluster), never more than a cluster holds; members by chance. */
@@ -695,7 +690,7 @@ lh_status lh_search_run(const lh_net *net, const lh_objective *obj, uint64_t see
   for (int a = 0; a < n; a++)
     for (int b = a + 1; b < n; b++)
       levels[distinct++] = s.hop[(size_t)a * n + b];
-  qsort(levels, (size_t)distinct, sizeof(double), lh_cmp_double);
+  qsort(levels, (size_t)distinct, sizeof(double), lh_sched_cmp_double);
   int u = 0;
   for (int k = 0; k < distinct; k++)
     if (u == 0 || levels[k] != levels[u - 1])
