@@ -1,6 +1,8 @@
 /* train_gpt's own checkpoint files (the library saves its AQ-SGD stores and reducer state
- * itself): a header, the arrays, and a 64-bit FNV-1a of everything, written to a temporary
- * name and renamed into place. */
+ * itself): a magic, a byte-order mark, a header, the arrays, and a 64-bit FNV-1a of everything,
+ * written to a temporary name and renamed into place. Numbers are in the writing host's byte
+ * order (the arrays go out as they are in memory); the mark lets a host of the other order
+ * refuse such a file by name instead of reading nonsense sizes. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <stdio.h>
@@ -9,7 +11,8 @@
 
 #include "checkpoint.h"
 
-static const char magic[8] = {'T', 'G', 'P', 'T', 'C', 'K', 'P', '1'};
+static const char magic[8] = {'T', 'G', 'P', 'T', 'C', 'K', 'P', '2'};
+static const uint32_t byte_order = 0x01020304u, byte_order_swapped = 0x04030201u;
 
 static uint64_t fnv(uint64_t h, const void *data, size_t n) {
   const unsigned char *p = data;
@@ -43,7 +46,7 @@ int ckpt_write_model(const char *path, const ckpt_header *hd, const float *param
     return -1;
   }
   uint64_t h = 1469598103934665603ULL, count = n;
-  int ok = put(f, &h, magic, sizeof magic) && put(f, &h, hd, sizeof *hd) && put(f, &h, &count, sizeof count) &&
+  int ok = put(f, &h, magic, sizeof magic) && put(f, &h, &byte_order, sizeof byte_order) && put(f, &h, hd, sizeof *hd) && put(f, &h, &count, sizeof count) &&
            put(f, &h, params, n * sizeof *params) && put(f, &h, m, n * sizeof *m) && put(f, &h, v, n * sizeof *v);
   ok = ok && fwrite(&h, sizeof h, 1, f) == 1;
   ok = (fclose(f) == 0) && ok;
@@ -63,10 +66,19 @@ int ckpt_read_model(const char *path, ckpt_header *hd, float *params, float *m, 
     return -1;
   }
   char seen[8];
+  uint32_t order = 0;
   uint64_t h = 1469598103934665603ULL, count = 0, stored = 0;
   ckpt_header got;
-  int ok = fread(seen, 1, 8, f) == 8 && memcmp(seen, magic, 8) == 0;
-  h = fnv(h, seen, 8);
+  int ok = fread(seen, 1, 8, f) == 8 && memcmp(seen, magic, 8) == 0 && fread(&order, sizeof order, 1, f) == 1;
+  if (ok && order != byte_order) {
+    snprintf(err, errcap,
+             order == byte_order_swapped ? "%s was written on a host of the other byte order; resume on one like it"
+                                         : "%s has a damaged header (its byte-order mark is wrong)",
+             path);
+    fclose(f);
+    return -1;
+  }
+  h = fnv(fnv(h, seen, 8), &order, sizeof order);
   ok = ok && fread(&got, sizeof got, 1, f) == 1 && fread(&count, sizeof count, 1, f) == 1;
   h = fnv(fnv(h, &got, sizeof got), &count, sizeof count);
   if (!ok || count != n) {

@@ -838,6 +838,20 @@ int gpt_cuda_device_count(void) {
   return n > 0 ? n : 0;
 }
 
+int gpt_cuda_use_device(int index, char *name, size_t cap) {
+  const int n = gpt_cuda_device_count();
+  if (n == 0)
+    return fail("gpt_cuda_use_device: this host has no usable CUDA device");
+  const int dev = (index < 0 ? -(index + 1) : index) % n;
+  cudaDeviceProp prop;
+  if (cuda_check(cudaSetDevice(dev), "cudaSetDevice") ||
+      cuda_check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties"))
+    return -1;
+  if (name && cap)
+    snprintf(name, cap, "%s", prop.name);
+  return dev;
+}
+
 int gpt_cuda_stage_create(const gpt_config *cfg, int first_layer, int last_layer, int has_embedding, int has_head,
                           int max_batch, int slots, uint64_t seed, gpt_cuda_stage **out) {
   if (!cfg || !out)

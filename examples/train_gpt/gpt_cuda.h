@@ -44,6 +44,12 @@ const char *gpt_cuda_error(void);
  * program takes the CPU path). Never fails. */
 int gpt_cuda_device_count(void);
 
+/* Makes device `index` modulo the device count current for this thread (cudaSetDevice), so
+ * ranks sharing a host spread over its GPUs when each passes its rank among that host's ranks.
+ * Writes the device's name into name[cap]. The device's number, or -1 (no device, or CUDA
+ * refused it: gpt_cuda_error says why). Call it before gpt_cuda_stage_create. */
+int gpt_cuda_use_device(int index, char *name, size_t cap);
+
 /* As gpt_stage_create, on the current device. 0 and *out set, or -1. */
 int gpt_cuda_stage_create(const gpt_config *cfg, int first_layer, int last_layer, int has_embedding,
                           int has_head, int max_batch, int slots, uint64_t seed, gpt_cuda_stage **out);

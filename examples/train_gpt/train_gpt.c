@@ -52,6 +52,8 @@ typedef struct {
   gpt_stage *model;       /* the CPU model; with a GPU, the host copy of parameters and gradients */
 #ifdef TRAIN_GPT_CUDA
   gpt_cuda_stage *gpu;    /* the stage's compute when --device cuda */
+  int gpu_device;         /* its CUDA device number, and name */
+  char gpu_name[128];
 #endif
   gpt_adamw adam;
   unsigned char *decay;
@@ -62,6 +64,7 @@ typedef struct {
   int64_t *epoch_order;
   int epoch_loaded;
   int micro_batches;
+  int on_gpu;            /* the model computes on a GPU (then `model` is its host mirror) */
   FILE *history;         /* rank 0: step, seconds, loss, val_loss */
 } run;
 
@@ -338,6 +341,37 @@ static void format_bandwidth(double Bps, char *out, size_t cap) {
 
 /* ---- setup ------------------------------------------------------------------------------------- */
 
+#ifdef TRAIN_GPT_CUDA
+/* This rank's index among the ranks on its host (by host name), so that ranks sharing a host
+ * with several GPUs take one each (the order LH_BIND=gpu assumes too). */
+static int local_rank(const run *r) {
+  char mine[256], other[256];
+  int k = 0;
+  check(r, lh_comm_host(r->world, r->rank, mine, sizeof mine), "this rank's host name");
+  for (int i = 0; i < r->rank; i++) {
+    check(r, lh_comm_host(r->world, i, other, sizeof other), "a rank's host name");
+    k += strcmp(mine, other) == 0;
+  }
+  return k;
+}
+#endif
+
+/* Where the model computes (--device), settled before anything slow: a --device cuda that
+ * cannot be had is refused before the probe runs. */
+static void choose_device(run *r) {
+  const options *o = &r->o;
+#ifdef TRAIN_GPT_CUDA
+  r->on_gpu = o->device == 1 || (o->device == 0 && gpt_cuda_device_count() > 0);
+  if (o->device == 1 && gpt_cuda_device_count() <= 0)
+    die(NULL, "rank %d: --device cuda, but this host has no usable CUDA device", r->rank);
+  if (r->on_gpu && (r->gpu_device = gpt_cuda_use_device(local_rank(r), r->gpu_name, sizeof r->gpu_name)) < 0)
+    die(NULL, "rank %d: choosing a GPU: %s", r->rank, gpt_cuda_error());
+#else
+  if (o->device == 1)
+    die(r, "--device cuda: this train_gpt was built without CUDA (configure with -DLH_WITH_CUDA=ON)");
+#endif
+}
+
 static void setup_stage(run *r) {
   options *o = &r->o;
   lh_plan_info info = LH_PLAN_INFO_INIT;
@@ -358,15 +392,7 @@ static void setup_stage(run *r) {
   free(layers);
   gpt_config cfg = {DATA_VOCAB, o->context, o->channels, o->heads, o->layers};
   r->micro_batches = o->micro_batches;
-  int on_gpu = 0;
-#ifdef TRAIN_GPT_CUDA
-  on_gpu = o->device == 1 || (o->device == 0 && gpt_cuda_device_count() > 0);
-  if (o->device == 1 && gpt_cuda_device_count() <= 0)
-    die(NULL, "rank %d: --device cuda, but this host has no usable CUDA device", r->rank);
-#else
-  if (o->device == 1)
-    die(r, "--device cuda: this train_gpt was built without CUDA (configure with -DLH_WITH_CUDA=ON)");
-#endif
+  const int on_gpu = r->on_gpu;
   /* With a GPU the CPU stage only mirrors parameters and gradients: one slot of one example. */
   if (gpt_stage_create(&cfg, r->first_layer, r->last_layer, r->stage == 0, r->stage == o->pp - 1,
                        on_gpu ? 1 : o->micro_batch, on_gpu ? 1 : o->micro_batches, o->seed, &r->model) != 0)
@@ -742,13 +768,13 @@ static void banner(run *r) {
          hosts == 1 ? "" : "s", simulated ? sim : "real links");
   if (o->quiet)
     return;
-  int gpu = 0;
+  char where[192] = "CPUs (OpenBLAS)";
 #ifdef TRAIN_GPT_CUDA
-  gpu = r->gpu != NULL;
+  if (r->gpu)
+    snprintf(where, sizeof where, "GPUs with cuBLAS (rank 0: device %d, %s)", r->gpu_device, r->gpu_name);
 #endif
   printf("  model    %d layers x %d channels x %d heads, context %d, %zu parameters on this rank's stage, on %s\n",
-         o->layers, o->channels, o->heads, o->context, gpt_stage_param_count(r->model),
-         gpu ? "a GPU (cuBLAS)" : "CPUs (OpenBLAS)");
+         o->layers, o->channels, o->heads, o->context, gpt_stage_param_count(r->model), where);
   printf("  data     %s: %zu bytes, %lld training examples (%lld per replica), %lld validation\n",
          data_source(r->data), data_size(r->data), (long long)(r->shard_count * o->dp), (long long)r->shard_count,
          (long long)data_val_examples(r->data));
@@ -836,6 +862,7 @@ int main(int argc, char **argv) {
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
 
+  choose_device(&r);
   if ((o->data ? data_load(o->data, o->context, &r.data) : data_load_fortunes(NULL, o->context, &r.data)) != 0)
     die(&r, "%s", data_error());
   if (o->pp > 0 && o->dp > 0 && o->pp * o->dp != r.size)
