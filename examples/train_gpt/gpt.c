@@ -11,31 +11,14 @@
  * parameter gradients always add (+=), so micro-batches accumulate. Gradients of the residual
  * stream add too, because the stream feeds both the skip connection and the branch. */
 #include "gpt.h"
+#include "gpt_common.h"
 
 #include <cblas.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ---- errors -------------------------------------------------------------------------------- */
-
-static _Thread_local char last_error[256];
-
-const char *gpt_error(void) { return last_error; }
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 1, 2)))
-#endif
-static int fail(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(last_error, sizeof last_error, fmt, ap);
-  va_end(ap);
-  return -1;
-}
 
 /* ---- layer norm ---------------------------------------------------------------------------- */
 /* out = (x - mean) / sqrt(var + eps) * g + b over each row of C. The mean and 1/std of each row
@@ -289,14 +272,12 @@ static void crossentropy_backward(float *dlogits, const float *probs, const int 
 
 /* ---- parameters: the table, and initialisation keyed by (seed, layer, tensor, element) ------- */
 
-enum { LN1_G, LN1_B, QKV_W, QKV_B, O_W, O_B, LN2_G, LN2_B, FC_W, FC_B, PROJ_W, PROJ_B, BLOCK_TENSORS };
-
-/* A block's 12 tensors, by name or by the index above (the table's order). */
+/* A block's 12 tensors, by name or by their index in the table (GPT_LN1_G .. in gpt_common.h). */
 typedef union {
   struct {
     float *ln1_g, *ln1_b, *qkv_w, *qkv_b, *o_w, *o_b, *ln2_g, *ln2_b, *fc_w, *fc_b, *proj_w, *proj_b;
   };
-  float *t[BLOCK_TENSORS];
+  float *t[GPT_BLOCK_TENSORS];
 } block_tensors;
 
 /* The tensors of a stage, pointing into either its parameters or its gradients. */
@@ -323,19 +304,19 @@ static const struct {
   const char *name;
   int rows, cols; /* in units of C (0 rows = a vector) */
   int init, decay;
-} block_spec[BLOCK_TENSORS] = {
-    [LN1_G] = {"ln1_g", 0, 1, INIT_ONE, 0},
-    [LN1_B] = {"ln1_b", 0, 1, INIT_ZERO, 0},
-    [QKV_W] = {"attn.qkv_w", 1, 3, INIT_NORMAL, 1},
-    [QKV_B] = {"attn.qkv_b", 0, 3, INIT_ZERO, 0},
-    [O_W] = {"attn.proj_w", 1, 1, INIT_NORMAL_RESIDUAL, 1},
-    [O_B] = {"attn.proj_b", 0, 1, INIT_ZERO, 0},
-    [LN2_G] = {"ln2_g", 0, 1, INIT_ONE, 0},
-    [LN2_B] = {"ln2_b", 0, 1, INIT_ZERO, 0},
-    [FC_W] = {"mlp.fc_w", 1, 4, INIT_NORMAL, 1},
-    [FC_B] = {"mlp.fc_b", 0, 4, INIT_ZERO, 0},
-    [PROJ_W] = {"mlp.proj_w", 4, 1, INIT_NORMAL_RESIDUAL, 1},
-    [PROJ_B] = {"mlp.proj_b", 0, 1, INIT_ZERO, 0},
+} block_spec[GPT_BLOCK_TENSORS] = {
+    [GPT_LN1_G] = {"ln1_g", 0, 1, INIT_ONE, 0},
+    [GPT_LN1_B] = {"ln1_b", 0, 1, INIT_ZERO, 0},
+    [GPT_QKV_W] = {"attn.qkv_w", 1, 3, INIT_NORMAL, 1},
+    [GPT_QKV_B] = {"attn.qkv_b", 0, 3, INIT_ZERO, 0},
+    [GPT_O_W] = {"attn.proj_w", 1, 1, INIT_NORMAL_RESIDUAL, 1},
+    [GPT_O_B] = {"attn.proj_b", 0, 1, INIT_ZERO, 0},
+    [GPT_LN2_G] = {"ln2_g", 0, 1, INIT_ONE, 0},
+    [GPT_LN2_B] = {"ln2_b", 0, 1, INIT_ZERO, 0},
+    [GPT_FC_W] = {"mlp.fc_w", 1, 4, INIT_NORMAL, 1},
+    [GPT_FC_B] = {"mlp.fc_b", 0, 4, INIT_ZERO, 0},
+    [GPT_PROJ_W] = {"mlp.proj_w", 4, 1, INIT_NORMAL_RESIDUAL, 1},
+    [GPT_PROJ_B] = {"mlp.proj_b", 0, 1, INIT_ZERO, 0},
 };
 
 static uint64_t splitmix64(uint64_t x) {
@@ -375,113 +356,42 @@ static void init_tensor(float *p, const tensor_spec *t, uint64_t seed, int layer
 
 /* ---- a stage ------------------------------------------------------------------------------- */
 
-/* What one block keeps for its backward (its input is the residual stream, kept by the slot). */
-typedef struct {
-  float *ln1, *ln1_mean, *ln1_rstd; /* ln1(x): N x C, and the row statistics: N */
-  float *qkv;                       /* N x 3C */
-  float *att;                       /* B x H x T x T softmax probabilities */
-  float *atty;                      /* N x C: attention output before its projection */
-  float *mid;                       /* N x C: x + attn(ln1(x)), the MLP's residual input */
-  float *ln2, *ln2_mean, *ln2_rstd;
-  float *fc;   /* N x 4C before GELU */
-  float *gelu; /* N x 4C after */
-} block_acts;
-
+/* A slot: its arrays (gpt_common.h) in one block of floats, and its tokens and targets. */
 typedef struct {
   float *mem;
   int *imem;
-  float *res;         /* (nl + 1) x N x C: res[i] is block i's input, res[nl] the stage's last */
-  block_acts *blocks; /* nl */
-  float *lnf, *lnf_mean, *lnf_rstd, *probs; /* head stage: lnf(res[nl]), B x T x V probabilities */
+  gpt_slot_arrays arr;
   int *tokens, *targets;
-  int B, filled, has_targets;
+  gpt_slot_state state;
 } slot_acts;
 
 struct gpt_stage {
-  gpt_config cfg;
-  int first, nl, has_emb, has_head, max_batch, nslots;
+  gpt_shape sh;
+  int first; /* the first block's layer in the whole model */
   size_t nparams, ntensors;
   tensor_spec *tensors;
   float *params, *grads;
   stage_tensors p, g;
   slot_acts *slots;
   size_t slot_floats, slot_ints, scratch_floats;
-  /* backward scratch, shared by the slots: the stream's gradient, N x C and N x 4C and
-   * N x 3C temporaries, one head's T x T scores, the head's N x V logits' gradient */
-  float *scratch, *dres, *dsmall, *dbig, *dqkv, *dscore, *dlogits;
+  /* the backward's scratch, shared by the slots; its scores hold one head's T x T at a time */
+  float *scratch;
+  gpt_scratch d;
 };
 
-/* Sizes are counted in floats, each buffer rounded up to 16 (64 bytes) so every one starts on
- * a cache line. A product that would overflow size_t makes the count SIZE_MAX (refused). */
-static size_t round16(size_t n) { return n > SIZE_MAX - 15 ? SIZE_MAX : (n + 15) / 16 * 16; }
-static size_t mul3(size_t a, size_t b, size_t c) {
-  if (b && a > SIZE_MAX / b)
-    return SIZE_MAX;
-  size_t ab = a * b;
-  return c && ab > SIZE_MAX / c ? SIZE_MAX : ab * c;
-}
-static void add_size(size_t *total, size_t n) {
-  n = round16(n);
-  *total = *total > SIZE_MAX - n ? SIZE_MAX : *total + n;
-}
-/* Hands out the next n floats of a carved block (the same order as the count). */
-static float *carve(float **cursor, size_t n) {
-  float *p = *cursor;
-  *cursor += round16(n);
-  return p;
-}
-
-/* Walks the slot layout: with base NULL it only counts, else it also sets the pointers. */
-static size_t slot_layout(const gpt_stage *s, slot_acts *a, float *base) {
-  size_t T = (size_t)s->cfg.context, C = (size_t)s->cfg.channels, V = (size_t)s->cfg.vocab;
-  size_t H = (size_t)s->cfg.heads, N = (size_t)s->max_batch * T, total = 0;
-  float *cur = base;
-  slot_acts counting; /* a stand-in to aim the pointers at when only counting */
-  if (!base)
-    a = &counting;
-#define PART(dst, n)                                                                                   \
-  do {                                                                                                 \
-    size_t n_ = (n);                                                                                   \
-    add_size(&total, n_);                                                                              \
-    if (base)                                                                                          \
-      (dst) = carve(&cur, n_);                                                                         \
-  } while (0)
-  PART(a->res, mul3((size_t)s->nl + 1, N, C));
-  for (int i = 0; i < s->nl; i++) {
-    block_acts dummy, *b = base ? &a->blocks[i] : &dummy;
-    PART(b->ln1, mul3(N, C, 1));
-    PART(b->ln1_mean, N);
-    PART(b->ln1_rstd, N);
-    PART(b->qkv, mul3(N, 3, C));
-    PART(b->att, mul3((size_t)s->max_batch * H, T, T));
-    PART(b->atty, mul3(N, C, 1));
-    PART(b->mid, mul3(N, C, 1));
-    PART(b->ln2, mul3(N, C, 1));
-    PART(b->ln2_mean, N);
-    PART(b->ln2_rstd, N);
-    PART(b->fc, mul3(N, 4, C));
-    PART(b->gelu, mul3(N, 4, C));
-  }
-  if (s->has_head) {
-    PART(a->lnf, mul3(N, C, 1));
-    PART(a->lnf_mean, N);
-    PART(a->lnf_rstd, N);
-    PART(a->probs, mul3(N, V, 1));
-  }
-#undef PART
-  return total;
-}
+/* Every array starts on a cache line: 16 floats. */
+#define ALIGN_FLOATS 16
 
 static void bind_tensors(const gpt_stage *s, float *base, stage_tensors *out) {
   size_t k = 0;
-  if (s->has_emb) {
+  if (s->sh.has_emb) {
     out->wte = base + s->tensors[k++].info.offset;
     out->wpe = base + s->tensors[k++].info.offset;
   }
-  for (int i = 0; i < s->nl; i++)
-    for (int j = 0; j < BLOCK_TENSORS; j++)
+  for (int i = 0; i < s->sh.nl; i++)
+    for (int j = 0; j < GPT_BLOCK_TENSORS; j++)
       out->blocks[i].t[j] = base + s->tensors[k++].info.offset;
-  if (s->has_head) {
+  if (s->sh.has_head) {
     out->lnf_g = base + s->tensors[k++].info.offset;
     out->lnf_b = base + s->tensors[k++].info.offset;
     out->head_w = base + s->tensors[k++].info.offset;
@@ -503,67 +413,43 @@ static void add_tensor(gpt_stage *s, const char *name, size_t count, uint32_t gr
 }
 
 static void *alloc_floats(size_t n) {
-  /* aligned_alloc wants a multiple of the alignment; n is one of 16 floats already */
-  if (n == SIZE_MAX || n > SIZE_MAX / sizeof(float))
+  /* aligned_alloc wants a size that is a multiple of the alignment (64 bytes) */
+  if (n >= SIZE_MAX / sizeof(float) - ALIGN_FLOATS)
     return NULL;
-  return aligned_alloc(64, round16(n ? n : 1) * sizeof(float));
+  n = (n ? n : 1) + ALIGN_FLOATS - 1;
+  return aligned_alloc(ALIGN_FLOATS * sizeof(float), n / ALIGN_FLOATS * ALIGN_FLOATS * sizeof(float));
 }
 
 int gpt_stage_create(const gpt_config *cfg, int first_layer, int last_layer, int has_embedding,
                      int has_head, int max_batch, int slots, uint64_t seed, gpt_stage **out) {
   if (!cfg || !out)
-    return fail("gpt_stage_create: cfg and out must not be NULL");
+    return gpt_fail("gpt_stage_create: cfg and out must not be NULL");
   *out = NULL;
+  if (gpt_check_shape(cfg, first_layer, last_layer, has_embedding, has_head, max_batch, slots))
+    return -1;
   const gpt_config c = *cfg;
-  /* limits that keep every count in size_t and every sgemm dimension in int */
-  if (c.vocab < 1 || c.vocab > (1 << 24))
-    return fail("vocab = %d is out of range (1 .. %d)", c.vocab, 1 << 24);
-  if (c.context < 1 || c.context > (1 << 16))
-    return fail("context = %d is out of range (1 .. %d)", c.context, 1 << 16);
-  if (c.channels < 1 || c.channels > (1 << 16))
-    return fail("channels = %d is out of range (1 .. %d)", c.channels, 1 << 16);
-  if (c.heads < 1 || c.channels % c.heads != 0)
-    return fail("heads = %d must be at least 1 and divide channels = %d", c.heads, c.channels);
-  if (c.layers < 1 || c.layers > (1 << 16))
-    return fail("layers = %d is out of range (1 .. %d)", c.layers, 1 << 16);
-  if (first_layer < 0 || last_layer < first_layer || last_layer > c.layers)
-    return fail("the layers [%d, %d) are not a range within [0, %d)", first_layer, last_layer, c.layers);
-  if (has_embedding && first_layer != 0)
-    return fail("the embedding stage must start at layer 0, not %d", first_layer);
-  if (has_head && last_layer != c.layers)
-    return fail("the head stage must end at layer %d (the last), not %d", c.layers, last_layer);
-  if (max_batch < 1 || (long long)max_batch * c.context > INT_MAX / 4)
-    return fail("max_batch = %d is out of range (1 .. %d for context %d)", max_batch,
-                INT_MAX / 4 / c.context, c.context);
-  if (slots < 1 || slots > (1 << 16))
-    return fail("slots = %d is out of range (1 .. %d)", slots, 1 << 16);
 
   gpt_stage *s = calloc(1, sizeof *s);
   if (!s)
-    return fail("out of memory for a stage");
-  s->cfg = c;
+    return gpt_fail("out of memory for a stage");
+  s->sh = (gpt_shape){c, last_layer - first_layer, has_embedding != 0, has_head != 0, max_batch, slots};
   s->first = first_layer;
-  s->nl = last_layer - first_layer;
-  s->has_emb = has_embedding != 0;
-  s->has_head = has_head != 0;
-  s->max_batch = max_batch;
-  s->nslots = slots;
   size_t C = (size_t)c.channels, V = (size_t)c.vocab, T = (size_t)c.context;
-  s->tensors = calloc(5 + (size_t)s->nl * BLOCK_TENSORS, sizeof *s->tensors);
-  s->p.blocks = calloc((size_t)s->nl + 1, sizeof(block_tensors));
-  s->g.blocks = calloc((size_t)s->nl + 1, sizeof(block_tensors));
+  s->tensors = calloc(5 + (size_t)s->sh.nl * GPT_BLOCK_TENSORS, sizeof *s->tensors);
+  s->p.blocks = calloc((size_t)s->sh.nl + 1, sizeof(block_tensors));
+  s->g.blocks = calloc((size_t)s->sh.nl + 1, sizeof(block_tensors));
   s->slots = calloc((size_t)slots, sizeof *s->slots);
   if (!s->tensors || !s->p.blocks || !s->g.blocks || !s->slots)
     goto oom;
 
   /* the parameter table, in the order of the array */
-  if (s->has_emb) {
+  if (s->sh.has_emb) {
     add_tensor(s, "wte", V * C, GROUP_EMBEDDING, 0, INIT_NORMAL, 1);
     add_tensor(s, "wpe", T * C, GROUP_EMBEDDING, 1, INIT_NORMAL, 1);
   }
-  for (int i = 0; i < s->nl; i++) {
+  for (int i = 0; i < s->sh.nl; i++) {
     int layer = first_layer + i;
-    for (int j = 0; j < BLOCK_TENSORS; j++) {
+    for (int j = 0; j < GPT_BLOCK_TENSORS; j++) {
       char name[32];
       snprintf(name, sizeof name, "h%d.%s", layer, block_spec[j].name);
       size_t rows = block_spec[j].rows ? (size_t)block_spec[j].rows * C : 1;
@@ -571,7 +457,7 @@ int gpt_stage_create(const gpt_config *cfg, int first_layer, int last_layer, int
                  block_spec[j].init, block_spec[j].decay);
     }
   }
-  if (s->has_head) {
+  if (s->sh.has_head) {
     add_tensor(s, "lnf_g", C, GROUP_HEAD, 0, INIT_ONE, 0);
     add_tensor(s, "lnf_b", C, GROUP_HEAD, 1, INIT_ZERO, 0);
     add_tensor(s, "head_w", C * V, GROUP_HEAD, 2, INIT_NORMAL, 1);
@@ -587,41 +473,31 @@ int gpt_stage_create(const gpt_config *cfg, int first_layer, int last_layer, int
   memset(s->grads, 0, s->nparams * sizeof(float));
 
   /* the slots */
-  s->slot_floats = slot_layout(s, NULL, NULL);
+  s->slot_floats = gpt_layout_slot(&s->sh, ALIGN_FLOATS, NULL, NULL);
   s->slot_ints = (size_t)max_batch * T * 2;
   for (int k = 0; k < slots; k++) {
     slot_acts *a = &s->slots[k];
-    a->blocks = calloc((size_t)s->nl + 1, sizeof *a->blocks);
+    a->arr.blocks = calloc((size_t)s->sh.nl + 1, sizeof *a->arr.blocks);
     a->mem = alloc_floats(s->slot_floats);
     a->imem = malloc(s->slot_ints * sizeof(int));
-    if (!a->blocks || !a->mem || !a->imem)
+    if (!a->arr.blocks || !a->mem || !a->imem)
       goto oom;
-    slot_layout(s, a, a->mem);
+    gpt_layout_slot(&s->sh, ALIGN_FLOATS, &a->arr, a->mem);
     a->tokens = a->imem;
     a->targets = a->imem + (size_t)max_batch * T;
   }
 
   /* the backward's scratch */
-  size_t N = (size_t)max_batch * T, total = 0;
-  size_t sizes[6] = {N * C, N * C, N * 4 * C, N * 3 * C, T * T, s->has_head ? N * V : 0};
-  for (int k = 0; k < 6; k++)
-    add_size(&total, sizes[k]);
-  s->scratch_floats = total;
-  s->scratch = alloc_floats(total);
+  s->scratch_floats = gpt_layout_scratch(&s->sh, ALIGN_FLOATS, 1, NULL, NULL);
+  s->scratch = alloc_floats(s->scratch_floats);
   if (!s->scratch)
     goto oom;
-  float *cur = s->scratch;
-  s->dres = carve(&cur, sizes[0]);
-  s->dsmall = carve(&cur, sizes[1]);
-  s->dbig = carve(&cur, sizes[2]);
-  s->dqkv = carve(&cur, sizes[3]);
-  s->dscore = carve(&cur, sizes[4]);
-  s->dlogits = carve(&cur, sizes[5]);
+  gpt_layout_scratch(&s->sh, ALIGN_FLOATS, 1, &s->d, s->scratch);
   *out = s;
   return 0;
 oom:
   gpt_stage_free(s);
-  return fail("out of memory for a stage of layers [%d, %d) with max_batch %d and %d slots", first_layer,
+  return gpt_fail("out of memory for a stage of layers [%d, %d) with max_batch %d and %d slots", first_layer,
               last_layer, max_batch, slots);
 }
 
@@ -629,10 +505,10 @@ void gpt_stage_free(gpt_stage *s) {
   if (!s)
     return;
   if (s->slots)
-    for (int k = 0; k < s->nslots; k++) {
+    for (int k = 0; k < s->sh.slots; k++) {
       free(s->slots[k].mem);
       free(s->slots[k].imem);
-      free(s->slots[k].blocks);
+      free(s->slots[k].arr.blocks);
     }
   free(s->slots);
   free(s->scratch);
@@ -652,7 +528,7 @@ size_t gpt_stage_tensor_count(const gpt_stage *s) { return s->ntensors; }
 
 int gpt_stage_tensor(const gpt_stage *s, size_t i, gpt_tensor_info *out) {
   if (i >= s->ntensors)
-    return fail("tensor %zu does not exist (the stage has %zu)", i, s->ntensors);
+    return gpt_fail("tensor %zu does not exist (the stage has %zu)", i, s->ntensors);
   *out = s->tensors[i].info;
   return 0;
 }
@@ -668,18 +544,18 @@ size_t gpt_stage_slot_bytes(const gpt_stage *s) {
 size_t gpt_stage_scratch_bytes(const gpt_stage *s) { return s->scratch_floats * sizeof(float); }
 
 const float *gpt_stage_probs(const gpt_stage *s, int slot) {
-  if (!s || !s->has_head || slot < 0 || slot >= s->nslots || !s->slots[slot].filled)
+  if (!s || !s->sh.has_head || slot < 0 || slot >= s->sh.slots || !s->slots[slot].state.filled)
     return NULL;
-  return s->slots[slot].probs;
+  return s->slots[slot].arr.probs;
 }
 
 /* ---- the block and the stage: forward and backward ------------------------------------------ */
 
 /* y = x + attn(ln1(x)), then y = y + mlp(ln2(y)). y doubles as the temporary of each branch's
  * output before it is added to the stream. */
-static void block_forward(const gpt_stage *s, const block_tensors *w, block_acts *a, const float *x, float *y,
+static void block_forward(const gpt_stage *s, const block_tensors *w, gpt_block_acts *a, const float *x, float *y,
                           int B) {
-  int T = s->cfg.context, C = s->cfg.channels, H = s->cfg.heads, N = B * T;
+  int T = s->sh.cfg.context, C = s->sh.cfg.channels, H = s->sh.cfg.heads, N = B * T;
   size_t NC = (size_t)N * C;
   layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1_g, w->ln1_b, N, C);
   matmul_forward(a->qkv, a->ln1, w->qkv_w, w->qkv_b, N, C, 3 * C);
@@ -695,10 +571,10 @@ static void block_forward(const gpt_stage *s, const block_tensors *w, block_acts
 
 /* In: dres, the gradient of the block's output; out: dres, the gradient of its input x. The
  * skip connections pass dres through unchanged, so each branch adds its input's gradient on. */
-static void block_backward(gpt_stage *s, const block_tensors *w, block_tensors *g, const block_acts *a,
+static void block_backward(gpt_stage *s, const block_tensors *w, block_tensors *g, const gpt_block_acts *a,
                            const float *x, int B) {
-  int T = s->cfg.context, C = s->cfg.channels, H = s->cfg.heads, N = B * T;
-  float *dres = s->dres, *dsmall = s->dsmall, *dbig = s->dbig;
+  int T = s->sh.cfg.context, C = s->sh.cfg.channels, H = s->sh.cfg.heads, N = B * T;
+  float *dres = s->d.dres, *dsmall = s->d.dsmall, *dbig = s->d.dbig;
   /* the MLP branch */
   matmul_backward(dbig, g->proj_w, g->proj_b, dres, a->gelu, w->proj_w, N, 4 * C, C);
   gelu_backward(dbig, a->fc, dbig, (size_t)N * 4 * C);
@@ -706,58 +582,33 @@ static void block_backward(gpt_stage *s, const block_tensors *w, block_tensors *
   layernorm_backward(dres, g->ln2_g, g->ln2_b, dsmall, a->mid, a->ln2_mean, a->ln2_rstd, w->ln2_g, N, C);
   /* the attention branch */
   matmul_backward(dsmall, g->o_w, g->o_b, dres, a->atty, w->o_w, N, C, C);
-  attention_backward(s->dqkv, s->dscore, dsmall, a->qkv, a->att, B, T, C, H);
-  matmul_backward(dsmall, g->qkv_w, g->qkv_b, s->dqkv, a->ln1, w->qkv_w, N, C, 3 * C);
+  attention_backward(s->d.dqkv, s->d.dscore, dsmall, a->qkv, a->att, B, T, C, H);
+  matmul_backward(dsmall, g->qkv_w, g->qkv_b, s->d.dqkv, a->ln1, w->qkv_w, N, C, 3 * C);
   layernorm_backward(dres, g->ln1_g, g->ln1_b, dsmall, x, a->ln1_mean, a->ln1_rstd, w->ln1_g, N, C);
-}
-
-static int check_call(const gpt_stage *s, int slot, int B, const char *what) {
-  if (!s)
-    return fail("%s: the stage is NULL", what);
-  if (slot < 0 || slot >= s->nslots)
-    return fail("%s: slot %d is out of range (the stage has %d)", what, slot, s->nslots);
-  if (B < 1 || B > s->max_batch)
-    return fail("%s: B = %d is out of range (1 .. max_batch %d)", what, B, s->max_batch);
-  return 0;
-}
-
-static int check_ids(const int *ids, size_t n, int V, const char *what) {
-  for (size_t i = 0; i < n; i++)
-    if (ids[i] < 0 || ids[i] >= V)
-      return fail("%s[%zu] = %d is not a token in [0, %d)", what, i, ids[i], V);
-  return 0;
 }
 
 int gpt_stage_forward(gpt_stage *s, int slot, int B, const int *tokens, const float *input, float *output,
                       const int *targets, double *loss) {
-  if (check_call(s, slot, B, "gpt_stage_forward"))
+  if (gpt_check_forward(s ? &s->sh : NULL, slot, B, tokens, input, output, targets, loss, "gpt_stage_forward"))
     return -1;
-  int T = s->cfg.context, C = s->cfg.channels, V = s->cfg.vocab, N = B * T;
-  size_t NC = (size_t)N * C, stride = (size_t)s->max_batch * T * C;
-  if (s->has_emb ? !tokens : !input)
-    return fail("gpt_stage_forward: %s must not be NULL", s->has_emb ? "tokens" : "input");
-  if (s->has_head ? targets && !loss : !output)
-    return fail("gpt_stage_forward: %s must not be NULL", s->has_head ? "loss (targets are given)" : "output");
-  if (s->has_emb && check_ids(tokens, (size_t)N, V, "tokens"))
-    return -1;
-  if (s->has_head && targets && check_ids(targets, (size_t)N, V, "targets"))
-    return -1;
+  int T = s->sh.cfg.context, C = s->sh.cfg.channels, V = s->sh.cfg.vocab, N = B * T;
+  size_t NC = (size_t)N * C, stride = (size_t)s->sh.max_batch * T * C;
 
   slot_acts *a = &s->slots[slot];
-  a->filled = 0; /* until this forward is complete */
-  if (s->has_emb) {
+  a->state.filled = 0; /* until this forward is complete */
+  if (s->sh.has_emb) {
     memcpy(a->tokens, tokens, (size_t)N * sizeof(int));
-    embedding_forward(a->res, tokens, s->p.wte, s->p.wpe, B, T, C);
+    embedding_forward(a->arr.res, tokens, s->p.wte, s->p.wpe, B, T, C);
   } else {
-    memcpy(a->res, input, NC * sizeof(float));
+    memcpy(a->arr.res, input, NC * sizeof(float));
   }
-  for (int i = 0; i < s->nl; i++)
-    block_forward(s, &s->p.blocks[i], &a->blocks[i], a->res + i * stride, a->res + (i + 1) * stride, B);
-  const float *last = a->res + (size_t)s->nl * stride;
-  if (s->has_head) {
-    layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, last, s->p.lnf_g, s->p.lnf_b, N, C);
-    matmul_forward(a->probs, a->lnf, s->p.head_w, NULL, N, C, V);
-    double total = crossentropy_forward(a->probs, targets, N, V);
+  for (int i = 0; i < s->sh.nl; i++)
+    block_forward(s, &s->p.blocks[i], &a->arr.blocks[i], a->arr.res + i * stride, a->arr.res + (i + 1) * stride, B);
+  const float *last = a->arr.res + (size_t)s->sh.nl * stride;
+  if (s->sh.has_head) {
+    layernorm_forward(a->arr.lnf, a->arr.lnf_mean, a->arr.lnf_rstd, last, s->p.lnf_g, s->p.lnf_b, N, C);
+    matmul_forward(a->arr.probs, a->arr.lnf, s->p.head_w, NULL, N, C, V);
+    double total = crossentropy_forward(a->arr.probs, targets, N, V);
     if (targets) {
       memcpy(a->targets, targets, (size_t)N * sizeof(int));
       *loss = total / N;
@@ -765,46 +616,38 @@ int gpt_stage_forward(gpt_stage *s, int slot, int B, const int *tokens, const fl
   } else {
     memcpy(output, last, NC * sizeof(float));
   }
-  a->B = B;
-  a->has_targets = targets != NULL;
-  a->filled = 1;
+  a->state.B = B;
+  a->state.has_targets = targets != NULL;
+  a->state.filled = 1;
   return 0;
 }
 
 int gpt_stage_backward(gpt_stage *s, int slot, int B, const float *grad_output, float *grad_input,
                        float loss_scale) {
-  if (check_call(s, slot, B, "gpt_stage_backward"))
+  if (gpt_check_call(s ? &s->sh : NULL, slot, B, "gpt_stage_backward"))
     return -1;
   slot_acts *a = &s->slots[slot];
-  if (!a->filled)
-    return fail("gpt_stage_backward: slot %d holds no forward", slot);
-  if (a->B != B)
-    return fail("gpt_stage_backward: B = %d but the forward in slot %d had B = %d", B, slot, a->B);
-  if (s->has_head && !a->has_targets)
-    return fail("gpt_stage_backward: the forward in slot %d had no targets, so it has no loss", slot);
-  if (!s->has_head && !grad_output)
-    return fail("gpt_stage_backward: grad_output must not be NULL");
-  if (!s->has_emb && !grad_input)
-    return fail("gpt_stage_backward: grad_input must not be NULL");
-  int T = s->cfg.context, C = s->cfg.channels, V = s->cfg.vocab, N = B * T;
-  size_t NC = (size_t)N * C, stride = (size_t)s->max_batch * T * C;
+  if (gpt_check_backward(&s->sh, slot, B, &a->state, grad_output, grad_input, "gpt_stage_backward"))
+    return -1;
+  int T = s->sh.cfg.context, C = s->sh.cfg.channels, V = s->sh.cfg.vocab, N = B * T;
+  size_t NC = (size_t)N * C, stride = (size_t)s->sh.max_batch * T * C;
 
-  const float *last = a->res + (size_t)s->nl * stride;
-  if (s->has_head) {
+  const float *last = a->arr.res + (size_t)s->sh.nl * stride;
+  if (s->sh.has_head) {
     /* the mean over N tokens: each token's loss enters with weight 1/N */
-    crossentropy_backward(s->dlogits, a->probs, a->targets, loss_scale / (float)N, N, V);
-    matmul_backward(s->dsmall, s->g.head_w, NULL, s->dlogits, a->lnf, s->p.head_w, N, C, V);
-    memset(s->dres, 0, NC * sizeof(float));
-    layernorm_backward(s->dres, s->g.lnf_g, s->g.lnf_b, s->dsmall, last, a->lnf_mean, a->lnf_rstd,
+    crossentropy_backward(s->d.dlogits, a->arr.probs, a->targets, loss_scale / (float)N, N, V);
+    matmul_backward(s->d.dsmall, s->g.head_w, NULL, s->d.dlogits, a->arr.lnf, s->p.head_w, N, C, V);
+    memset(s->d.dres, 0, NC * sizeof(float));
+    layernorm_backward(s->d.dres, s->g.lnf_g, s->g.lnf_b, s->d.dsmall, last, a->arr.lnf_mean, a->arr.lnf_rstd,
                        s->p.lnf_g, N, C);
   } else {
-    memcpy(s->dres, grad_output, NC * sizeof(float));
+    memcpy(s->d.dres, grad_output, NC * sizeof(float));
   }
-  for (int i = s->nl - 1; i >= 0; i--)
-    block_backward(s, &s->p.blocks[i], &s->g.blocks[i], &a->blocks[i], a->res + i * stride, B);
-  if (s->has_emb)
-    embedding_backward(s->g.wte, s->g.wpe, s->dres, a->tokens, B, T, C);
+  for (int i = s->sh.nl - 1; i >= 0; i--)
+    block_backward(s, &s->p.blocks[i], &s->g.blocks[i], &a->arr.blocks[i], a->arr.res + i * stride, B);
+  if (s->sh.has_emb)
+    embedding_backward(s->g.wte, s->g.wpe, s->d.dres, a->tokens, B, T, C);
   else
-    memcpy(grad_input, s->dres, NC * sizeof(float));
+    memcpy(grad_input, s->d.dres, NC * sizeof(float));
   return 0;
 }

@@ -20,13 +20,12 @@
 // order exactly: the wpe and wte gradients (sequential loops over the rows, see
 // embedding_backward), so the embedding's gradient is the CPU's bits when its input is.
 #include "gpt_cuda.h"
+#include "gpt_common.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include <climits>
 #include <cmath>
-#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -35,29 +34,16 @@
 
 namespace {
 
-thread_local char last_error[256];
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 1, 2)))
-#endif
-int fail(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(last_error, sizeof last_error, fmt, ap);
-  va_end(ap);
-  return -1;
-}
-
 int cuda_check(cudaError_t e, const char *what) {
   if (e == cudaSuccess)
     return 0;
-  return fail("%s failed: %s", what, cudaGetErrorString(e));
+  return gpt_fail("%s failed: %s", what, cudaGetErrorString(e));
 }
 
 int blas_check(cublasStatus_t st, const char *what) {
   if (st == CUBLAS_STATUS_SUCCESS)
     return 0;
-  return fail("%s failed: %s", what, cublasGetStatusString(st));
+  return gpt_fail("%s failed: %s", what, cublasGetStatusString(st));
 }
 
 // After a launch: a bad configuration shows at once; a fault inside the kernel shows at the
@@ -450,10 +436,8 @@ __global__ void scale_kernel(float *g, size_t n, float factor) {
 
 // ---- a stage's memory -------------------------------------------------------------------------
 
-enum { LN1_G, LN1_B, QKV_W, QKV_B, O_W, O_B, LN2_G, LN2_B, FC_W, FC_B, PROJ_W, PROJ_B, BLOCK_TENSORS };
-
 struct block_tensors {
-  float *t[BLOCK_TENSORS]; // gpt.c's table order (see the enum)
+  float *t[GPT_BLOCK_TENSORS]; // the table's order (GPT_LN1_G .. in gpt_common.h)
 };
 
 struct stage_tensors {
@@ -462,28 +446,22 @@ struct stage_tensors {
   float *lnf_g, *lnf_b, *head_w;
 };
 
-// What one block keeps for its backward: gpt.c's block_acts, in device memory.
-struct block_acts {
-  float *ln1, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *mid, *ln2, *ln2_mean, *ln2_rstd, *fc, *gelu;
-};
-
+// A slot: gpt.c's arrays (gpt_common.h) in device memory, and what the GPU needs besides.
 struct slot_acts {
-  float *mem;  // device: every float array below
-  int *imem;   // device: tokens, targets, and the embedding backward's row order
+  float *mem;      // device: every float array of arr
+  int *imem;       // device: tokens, targets, and the embedding backward's row order
   double *rowloss; // device: N per-row losses (head stage)
-  float *res;  // (nl + 1) x N x C
-  block_acts *blocks;
-  float *lnf, *lnf_mean, *lnf_rstd, *probs;
+  gpt_slot_arrays arr;
   int *tokens, *targets, *order, *utok, *ustart;
   int nuniq; // distinct tokens of the forward (embedding stage)
-  int B, filled, has_targets;
+  gpt_slot_state state;
 };
 
 } // namespace
 
 struct gpt_cuda_stage {
-  gpt_config cfg;
-  int first, nl, has_emb, has_head, max_batch, nslots;
+  gpt_shape sh;
+  int first;
   size_t nparams, ntensors;
   gpt_tensor_info *tensors; // host copy of the CPU stage's table
   float *params, *grads;    // device
@@ -493,7 +471,8 @@ struct gpt_cuda_stage {
   size_t slot_floats, slot_ints;
   // device scratch shared by the slots (gpt.c's, but dscore holds every head of every sequence,
   // B x H x T x T, so the softmax backward runs as one launch)
-  float *scratch, *dres, *dsmall, *dbig, *dqkv, *dscore, *dlogits;
+  float *scratch;
+  gpt_scratch d;
   size_t scratch_floats;
   double *partial; // device: kSumsqBlocks
   // host scratch: the row order by token (embedding stage), the per-row losses, the partials
@@ -505,75 +484,19 @@ struct gpt_cuda_stage {
 
 namespace {
 
-// Device buffers are carved at multiples of 64 floats (256 bytes), cuBLAS's preferred alignment.
-size_t round64(size_t n) { return n > SIZE_MAX - 63 ? SIZE_MAX : (n + 63) / 64 * 64; }
-size_t mul3(size_t a, size_t b, size_t c) {
-  if (b && a > SIZE_MAX / b)
-    return SIZE_MAX;
-  size_t ab = a * b;
-  return c && ab > SIZE_MAX / c ? SIZE_MAX : ab * c;
-}
-void add_size(size_t *total, size_t n) {
-  n = round64(n);
-  *total = *total > SIZE_MAX - n ? SIZE_MAX : *total + n;
-}
-float *carve(float **cursor, size_t n) {
-  float *p = *cursor;
-  *cursor += round64(n);
-  return p;
-}
-
-// gpt.c's slot_layout, on device memory: with base NULL it only counts.
-size_t slot_layout(const gpt_cuda_stage *s, slot_acts *a, float *base) {
-  size_t T = (size_t)s->cfg.context, C = (size_t)s->cfg.channels, V = (size_t)s->cfg.vocab;
-  size_t H = (size_t)s->cfg.heads, N = (size_t)s->max_batch * T, total = 0;
-  float *cur = base;
-  slot_acts counting;
-  if (!base)
-    a = &counting;
-#define PART(dst, n)          \
-  do {                        \
-    size_t n_ = (n);          \
-    add_size(&total, n_);     \
-    if (base)                 \
-      (dst) = carve(&cur, n_); \
-  } while (0)
-  PART(a->res, mul3((size_t)s->nl + 1, N, C));
-  for (int i = 0; i < s->nl; i++) {
-    block_acts dummy, *b = base ? &a->blocks[i] : &dummy;
-    PART(b->ln1, mul3(N, C, 1));
-    PART(b->ln1_mean, N);
-    PART(b->ln1_rstd, N);
-    PART(b->qkv, mul3(N, 3, C));
-    PART(b->att, mul3((size_t)s->max_batch * H, T, T));
-    PART(b->atty, mul3(N, C, 1));
-    PART(b->mid, mul3(N, C, 1));
-    PART(b->ln2, mul3(N, C, 1));
-    PART(b->ln2_mean, N);
-    PART(b->ln2_rstd, N);
-    PART(b->fc, mul3(N, 4, C));
-    PART(b->gelu, mul3(N, 4, C));
-  }
-  if (s->has_head) {
-    PART(a->lnf, mul3(N, C, 1));
-    PART(a->lnf_mean, N);
-    PART(a->lnf_rstd, N);
-    PART(a->probs, mul3(N, V, 1));
-  }
-#undef PART
-  return total;
-}
+// Device arrays start at multiples of 64 floats (256 bytes), cuBLAS's preferred alignment.
+constexpr size_t kAlignFloats = 64;
 
 void bind_tensors(const gpt_cuda_stage *s, float *base, stage_tensors *out) {
   size_t k = 0;
-  if (s->has_emb) {
+  if (s->sh.has_emb) {
     out->wte = base + s->tensors[k++].offset;
     out->wpe = base + s->tensors[k++].offset;
   }
-  for (int i = 0; i < s->nl; i++)
-    for (int j = 0; j < BLOCK_TENSORS; j++)
+  for (int i = 0; i < s->sh.nl; i++)
+    for (int j = 0; j < GPT_BLOCK_TENSORS; j++)
       out->blocks[i].t[j] = base + s->tensors[k++].offset;
-  if (s->has_head) {
+  if (s->sh.has_head) {
     out->lnf_g = base + s->tensors[k++].offset;
     out->lnf_b = base + s->tensors[k++].offset;
     out->head_w = base + s->tensors[k++].offset;
@@ -641,7 +564,7 @@ int heads_gemm(gpt_cuda_stage *s, cublasOperation_t ta, cublasOperation_t tb, in
                long long sc, const char *what) {
   const float zero = 0.0f;
   return blas_check(cublasSgemmStridedBatched(s->blas, ta, tb, m, n, k, &alpha, A, lda, sa, Bm, ldb, sb, &zero, Cm,
-                                              ldc, sc, s->cfg.heads),
+                                              ldc, sc, s->sh.cfg.heads),
                     what);
 }
 
@@ -650,7 +573,7 @@ int heads_gemm(gpt_cuda_stage *s, cublasOperation_t ta, cublasOperation_t tb, in
 //   y = P v          as  y^T (hs x T) = v^T array (hs x T) * P^T array (T x T)
 // then the causal softmax of every row of every head at once.
 int attention_forward(gpt_cuda_stage *s, float *out, float *att, const float *qkv, int B) {
-  const int T = s->cfg.context, C = s->cfg.channels, H = s->cfg.heads, hs = C / H, C3 = 3 * C;
+  const int T = s->sh.cfg.context, C = s->sh.cfg.channels, H = s->sh.cfg.heads, hs = C / H, C3 = 3 * C;
   const float scale = 1.0f / sqrtf((float)hs);
   const long long TT = (long long)T * T;
   for (int b = 0; b < B; b++) {
@@ -679,14 +602,14 @@ int attention_forward(gpt_cuda_stage *s, float *out, float *att, const float *qk
 //   dk = dS^T q    as  dk^T (hs x T) = q^T array (hs x T) * op_T(dS^T array) (T x T)
 // dqkv (N x 3C) is written whole: q, k and v columns of every head.
 int attention_backward(gpt_cuda_stage *s, float *dqkv, const float *dout, const float *qkv, const float *att, int B) {
-  const int T = s->cfg.context, C = s->cfg.channels, H = s->cfg.heads, hs = C / H, C3 = 3 * C;
+  const int T = s->sh.cfg.context, C = s->sh.cfg.channels, H = s->sh.cfg.heads, hs = C / H, C3 = 3 * C;
   const float scale = 1.0f / sqrtf((float)hs);
   const long long TT = (long long)T * T;
   for (int b = 0; b < B; b++) {
     const float *v = qkv + (size_t)b * T * C3 + 2 * C;
     float *dv = dqkv + (size_t)b * T * C3 + 2 * C;
     const float *p = att + (size_t)b * H * TT;
-    float *ds = s->dscore + (size_t)b * H * TT;
+    float *ds = s->d.dscore + (size_t)b * H * TT;
     const float *dy = dout + (size_t)b * T * C;
     CHECK(heads_gemm(s, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, 1.0f, v, C3, hs, dy, C, hs, ds, T, TT,
                      "cublasSgemmStridedBatched (attention dP)"));
@@ -694,13 +617,13 @@ int attention_backward(gpt_cuda_stage *s, float *dqkv, const float *dout, const 
                      "cublasSgemmStridedBatched (attention dv)"));
   }
   const long long rows = (long long)B * H * T;
-  attention_softmax_backward_kernel<<<blocks_for((size_t)rows, kWarps), kThreads, 0, s->stream>>>(s->dscore, att, rows,
+  attention_softmax_backward_kernel<<<blocks_for((size_t)rows, kWarps), kThreads, 0, s->stream>>>(s->d.dscore, att, rows,
                                                                                                 T, scale);
   LAUNCHED("attention_softmax_backward");
   for (int b = 0; b < B; b++) {
     const float *q = qkv + (size_t)b * T * C3, *k = q + C;
     float *dq = dqkv + (size_t)b * T * C3, *dk = dq + C;
-    const float *ds = s->dscore + (size_t)b * H * TT;
+    const float *ds = s->d.dscore + (size_t)b * H * TT;
     CHECK(heads_gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, k, C3, hs, ds, T, TT, dq, C3, hs,
                      "cublasSgemmStridedBatched (attention dq)"));
     CHECK(heads_gemm(s, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, 1.0f, q, C3, hs, ds, T, TT, dk, C3, hs,
@@ -728,35 +651,36 @@ int residual_forward(gpt_cuda_stage *s, float *out, const float *a, const float 
 }
 
 // gpt.c's block_forward: y = x + attn(ln1(x)), then y = y + mlp(ln2(y)).
-int block_forward(gpt_cuda_stage *s, const block_tensors *w, block_acts *a, const float *x, float *y, int B) {
-  const int T = s->cfg.context, C = s->cfg.channels, N = B * T;
+int block_forward(gpt_cuda_stage *s, const block_tensors *w, gpt_block_acts *a, const float *x, float *y, int B) {
+  const int T = s->sh.cfg.context, C = s->sh.cfg.channels, N = B * T;
   const size_t NC = (size_t)N * C;
-  CHECK(layernorm_forward(s, a->ln1, a->ln1_mean, a->ln1_rstd, x, w->t[LN1_G], w->t[LN1_B], N, C));
-  CHECK(matmul_forward(s, a->qkv, a->ln1, w->t[QKV_W], w->t[QKV_B], N, C, 3 * C));
+  CHECK(layernorm_forward(s, a->ln1, a->ln1_mean, a->ln1_rstd, x, w->t[GPT_LN1_G], w->t[GPT_LN1_B], N, C));
+  CHECK(matmul_forward(s, a->qkv, a->ln1, w->t[GPT_QKV_W], w->t[GPT_QKV_B], N, C, 3 * C));
   CHECK(attention_forward(s, a->atty, a->att, a->qkv, B));
-  CHECK(matmul_forward(s, y, a->atty, w->t[O_W], w->t[O_B], N, C, C));
+  CHECK(matmul_forward(s, y, a->atty, w->t[GPT_O_W], w->t[GPT_O_B], N, C, C));
   CHECK(residual_forward(s, a->mid, x, y, NC));
-  CHECK(layernorm_forward(s, a->ln2, a->ln2_mean, a->ln2_rstd, a->mid, w->t[LN2_G], w->t[LN2_B], N, C));
-  CHECK(matmul_forward(s, a->fc, a->ln2, w->t[FC_W], w->t[FC_B], N, C, 4 * C));
+  CHECK(layernorm_forward(s, a->ln2, a->ln2_mean, a->ln2_rstd, a->mid, w->t[GPT_LN2_G], w->t[GPT_LN2_B], N, C));
+  CHECK(matmul_forward(s, a->fc, a->ln2, w->t[GPT_FC_W], w->t[GPT_FC_B], N, C, 4 * C));
   CHECK(gelu_forward(s, a->gelu, a->fc, (size_t)N * 4 * C));
-  CHECK(matmul_forward(s, y, a->gelu, w->t[PROJ_W], w->t[PROJ_B], N, 4 * C, C));
+  CHECK(matmul_forward(s, y, a->gelu, w->t[GPT_PROJ_W], w->t[GPT_PROJ_B], N, 4 * C, C));
   return residual_forward(s, y, a->mid, y, NC);
 }
 
 // gpt.c's block_backward: in dres the gradient of the block's output, out that of its input.
-int block_backward(gpt_cuda_stage *s, const block_tensors *w, block_tensors *g, const block_acts *a, const float *x,
+int block_backward(gpt_cuda_stage *s, const block_tensors *w, block_tensors *g, const gpt_block_acts *a, const float *x,
                    int B) {
-  const int T = s->cfg.context, C = s->cfg.channels, N = B * T;
-  float *dres = s->dres, *dsmall = s->dsmall, *dbig = s->dbig;
-  CHECK(matmul_backward(s, dbig, g->t[PROJ_W], g->t[PROJ_B], dres, a->gelu, w->t[PROJ_W], N, 4 * C, C));
+  const int T = s->sh.cfg.context, C = s->sh.cfg.channels, N = B * T;
+  float *dres = s->d.dres, *dsmall = s->d.dsmall, *dbig = s->d.dbig;
+  CHECK(matmul_backward(s, dbig, g->t[GPT_PROJ_W], g->t[GPT_PROJ_B], dres, a->gelu, w->t[GPT_PROJ_W], N, 4 * C, C));
   CHECK(gelu_backward(s, dbig, a->fc, dbig, (size_t)N * 4 * C));
-  CHECK(matmul_backward(s, dsmall, g->t[FC_W], g->t[FC_B], dbig, a->ln2, w->t[FC_W], N, C, 4 * C));
-  CHECK(layernorm_backward(s, dres, g->t[LN2_G], g->t[LN2_B], dsmall, a->mid, a->ln2_mean, a->ln2_rstd, w->t[LN2_G], N,
-                           C));
-  CHECK(matmul_backward(s, dsmall, g->t[O_W], g->t[O_B], dres, a->atty, w->t[O_W], N, C, C));
-  CHECK(attention_backward(s, s->dqkv, dsmall, a->qkv, a->att, B));
-  CHECK(matmul_backward(s, dsmall, g->t[QKV_W], g->t[QKV_B], s->dqkv, a->ln1, w->t[QKV_W], N, C, 3 * C));
-  return layernorm_backward(s, dres, g->t[LN1_G], g->t[LN1_B], dsmall, x, a->ln1_mean, a->ln1_rstd, w->t[LN1_G], N, C);
+  CHECK(matmul_backward(s, dsmall, g->t[GPT_FC_W], g->t[GPT_FC_B], dbig, a->ln2, w->t[GPT_FC_W], N, C, 4 * C));
+  CHECK(layernorm_backward(s, dres, g->t[GPT_LN2_G], g->t[GPT_LN2_B], dsmall, a->mid, a->ln2_mean, a->ln2_rstd,
+                           w->t[GPT_LN2_G], N, C));
+  CHECK(matmul_backward(s, dsmall, g->t[GPT_O_W], g->t[GPT_O_B], dres, a->atty, w->t[GPT_O_W], N, C, C));
+  CHECK(attention_backward(s, s->d.dqkv, dsmall, a->qkv, a->att, B));
+  CHECK(matmul_backward(s, dsmall, g->t[GPT_QKV_W], g->t[GPT_QKV_B], s->d.dqkv, a->ln1, w->t[GPT_QKV_W], N, C, 3 * C));
+  return layernorm_backward(s, dres, g->t[GPT_LN1_G], g->t[GPT_LN1_B], dsmall, x, a->ln1_mean, a->ln1_rstd,
+                            w->t[GPT_LN1_G], N, C);
 }
 
 int stream_sync(gpt_cuda_stage *s, const char *what) { return cuda_check(cudaStreamSynchronize(s->stream), what); }
@@ -770,7 +694,7 @@ int copy_async(gpt_cuda_stage *s, void *dst, const void *src, size_t bytes, cuda
 // The rows of a forward's tokens, sorted by token (a stable counting sort, rows in increasing
 // order within a token), for embedding_backward_wte_kernel; uploaded into the slot.
 int upload_token_order(gpt_cuda_stage *s, slot_acts *a, const int *tokens, int N) {
-  const int V = s->cfg.vocab;
+  const int V = s->sh.cfg.vocab;
   int *pos = s->h_count; // V zeros on entry, zeros again on exit
   for (int i = 0; i < N; i++)
     pos[tokens[i]]++;
@@ -802,23 +726,6 @@ int upload_token_order(gpt_cuda_stage *s, slot_acts *a, const int *tokens, int N
               "uploading the token order");
 }
 
-int check_call(const gpt_cuda_stage *s, int slot, int B, const char *what) {
-  if (!s)
-    return fail("%s: the stage is NULL", what);
-  if (slot < 0 || slot >= s->nslots)
-    return fail("%s: slot %d is out of range (the stage has %d)", what, slot, s->nslots);
-  if (B < 1 || B > s->max_batch)
-    return fail("%s: B = %d is out of range (1 .. max_batch %d)", what, B, s->max_batch);
-  return 0;
-}
-
-int check_ids(const int *ids, size_t n, int V, const char *what) {
-  for (size_t i = 0; i < n; i++)
-    if (ids[i] < 0 || ids[i] >= V)
-      return fail("%s[%zu] = %d is not a token in [0, %d)", what, i, ids[i], V);
-  return 0;
-}
-
 void *host_alloc(size_t n, size_t size) { return n > SIZE_MAX / size ? nullptr : calloc(n ? n : 1, size); }
 
 } // namespace
@@ -827,7 +734,7 @@ void *host_alloc(size_t n, size_t size) { return n > SIZE_MAX / size ? nullptr :
 
 extern "C" {
 
-const char *gpt_cuda_error(void) { return last_error; }
+const char *gpt_cuda_error(void) { return gpt_error(); }
 
 int gpt_cuda_device_count(void) {
   int n = 0;
@@ -841,7 +748,7 @@ int gpt_cuda_device_count(void) {
 int gpt_cuda_use_device(int index, char *name, size_t cap) {
   const int n = gpt_cuda_device_count();
   if (n == 0)
-    return fail("gpt_cuda_use_device: this host has no usable CUDA device");
+    return gpt_fail("gpt_cuda_use_device: this host has no usable CUDA device");
   const int dev = (index < 0 ? -(index + 1) : index) % n;
   cudaDeviceProp prop;
   if (cuda_check(cudaSetDevice(dev), "cudaSetDevice") ||
@@ -855,54 +762,39 @@ int gpt_cuda_use_device(int index, char *name, size_t cap) {
 int gpt_cuda_stage_create(const gpt_config *cfg, int first_layer, int last_layer, int has_embedding, int has_head,
                           int max_batch, int slots, uint64_t seed, gpt_cuda_stage **out) {
   if (!cfg || !out)
-    return fail("gpt_cuda_stage_create: cfg and out must not be NULL");
+    return gpt_fail("gpt_cuda_stage_create: cfg and out must not be NULL");
   *out = nullptr;
-  // The CPU stage checks the configuration and draws the initial parameters; one slot of one
-  // sequence keeps its host memory small (neither changes the parameters).
+  if (gpt_check_shape(cfg, first_layer, last_layer, has_embedding, has_head, max_batch, slots))
+    return -1;
+  // The CPU stage draws the initial parameters; one slot of one sequence keeps its host memory
+  // small (neither changes the parameters).
   gpt_stage *cpu = nullptr;
   if (gpt_stage_create(cfg, first_layer, last_layer, has_embedding, has_head, 1, 1, seed, &cpu))
-    return fail("%s", gpt_error());
+    return -1;
   const gpt_config c = *cfg;
-  if (max_batch < 1 || (long long)max_batch * c.context > INT_MAX / 4) {
-    gpt_stage_free(cpu);
-    return fail("max_batch = %d is out of range (1 .. %d for context %d)", max_batch, INT_MAX / 4 / c.context,
-                c.context);
-  }
-  if (slots < 1 || slots > (1 << 16)) {
-    gpt_stage_free(cpu);
-    return fail("slots = %d is out of range (1 .. %d)", slots, 1 << 16);
-  }
 
   gpt_cuda_stage *s = (gpt_cuda_stage *)calloc(1, sizeof *s);
   if (!s) {
     gpt_stage_free(cpu);
-    return fail("out of host memory for a stage");
+    return gpt_fail("out of host memory for a stage");
   }
-  s->cfg = c;
+  s->sh = gpt_shape{c, last_layer - first_layer, has_embedding != 0, has_head != 0, max_batch, slots};
   s->first = first_layer;
-  s->nl = last_layer - first_layer;
-  s->has_emb = has_embedding != 0;
-  s->has_head = has_head != 0;
-  s->max_batch = max_batch;
-  s->nslots = slots;
   s->nparams = gpt_stage_param_count(cpu);
   s->ntensors = gpt_stage_tensor_count(cpu);
-  const size_t C = (size_t)c.channels, V = (size_t)c.vocab, T = (size_t)c.context, H = (size_t)c.heads;
-  const size_t N = (size_t)max_batch * T;
+  const size_t V = (size_t)c.vocab, N = (size_t)max_batch * c.context;
   unsigned char *mask = nullptr;
-  float *p = nullptr, *cur = nullptr;
-  size_t sizes[6];
 
   s->tensors = (gpt_tensor_info *)host_alloc(s->ntensors, sizeof *s->tensors);
-  s->p.blocks = (block_tensors *)host_alloc((size_t)s->nl + 1, sizeof(block_tensors));
-  s->g.blocks = (block_tensors *)host_alloc((size_t)s->nl + 1, sizeof(block_tensors));
+  s->p.blocks = (block_tensors *)host_alloc((size_t)s->sh.nl + 1, sizeof(block_tensors));
+  s->g.blocks = (block_tensors *)host_alloc((size_t)s->sh.nl + 1, sizeof(block_tensors));
   s->slots = (slot_acts *)host_alloc((size_t)slots, sizeof *s->slots);
   s->h_rowloss = (double *)host_alloc(N, sizeof(double));
   s->h_partial = (double *)host_alloc(kSumsqBlocks, sizeof(double));
   mask = (unsigned char *)host_alloc(s->nparams, 1);
   if (!s->tensors || !s->p.blocks || !s->g.blocks || !s->slots || !s->h_rowloss || !s->h_partial || !mask)
     goto oom;
-  if (s->has_emb) {
+  if (s->sh.has_emb) {
     s->h_count = (int *)host_alloc(V, sizeof(int));
     s->h_order = (int *)host_alloc(N, sizeof(int));
     s->h_utok = (int *)host_alloc(N, sizeof(int));
@@ -924,8 +816,8 @@ int gpt_cuda_stage_create(const gpt_config *cfg, int first_layer, int last_layer
     goto error;
 
   // parameters (the CPU stage's bits), gradients (zero), the decay mask
-  if (cuda_check(cudaMalloc(&s->params, round64(s->nparams) * sizeof(float)), "cudaMalloc (parameters)") ||
-      cuda_check(cudaMalloc(&s->grads, round64(s->nparams) * sizeof(float)), "cudaMalloc (gradients)") ||
+  if (cuda_check(cudaMalloc(&s->params, (s->nparams ? s->nparams : 1) * sizeof(float)), "cudaMalloc (parameters)") ||
+      cuda_check(cudaMalloc(&s->grads, (s->nparams ? s->nparams : 1) * sizeof(float)), "cudaMalloc (gradients)") ||
       cuda_check(cudaMalloc(&s->decay, s->nparams ? s->nparams : 1), "cudaMalloc (decay mask)") ||
       cuda_check(cudaMalloc(&s->partial, kSumsqBlocks * sizeof(double)), "cudaMalloc (norm partials)") ||
       copy_async(s, s->params, gpt_stage_params(cpu), s->nparams * sizeof(float), cudaMemcpyHostToDevice,
@@ -937,21 +829,21 @@ int gpt_cuda_stage_create(const gpt_config *cfg, int first_layer, int last_layer
   bind_tensors(s, s->grads, &s->g);
 
   // the slots
-  s->slot_floats = slot_layout(s, nullptr, nullptr);
+  s->slot_floats = gpt_layout_slot(&s->sh, kAlignFloats, nullptr, nullptr);
   s->slot_ints = 5 * N + 1;
   if (s->slot_floats == SIZE_MAX || s->slot_floats > SIZE_MAX / sizeof(float))
     goto oom;
   for (int k = 0; k < slots; k++) {
     slot_acts *a = &s->slots[k];
-    a->blocks = (block_acts *)host_alloc((size_t)s->nl + 1, sizeof *a->blocks);
-    if (!a->blocks)
+    a->arr.blocks = (gpt_block_acts *)host_alloc((size_t)s->sh.nl + 1, sizeof *a->arr.blocks);
+    if (!a->arr.blocks)
       goto oom;
     if (cuda_check(cudaMalloc(&a->mem, s->slot_floats * sizeof(float)), "cudaMalloc (a slot's activations)") ||
         cuda_check(cudaMalloc(&a->imem, s->slot_ints * sizeof(int)), "cudaMalloc (a slot's tokens)"))
       goto error;
-    if (s->has_head && cuda_check(cudaMalloc(&a->rowloss, N * sizeof(double)), "cudaMalloc (a slot's row losses)"))
+    if (s->sh.has_head && cuda_check(cudaMalloc(&a->rowloss, N * sizeof(double)), "cudaMalloc (a slot's row losses)"))
       goto error;
-    slot_layout(s, a, a->mem);
+    gpt_layout_slot(&s->sh, kAlignFloats, &a->arr, a->mem);
     a->tokens = a->imem;
     a->targets = a->imem + N;
     a->order = a->imem + 2 * N;
@@ -959,27 +851,13 @@ int gpt_cuda_stage_create(const gpt_config *cfg, int first_layer, int last_layer
     a->ustart = a->imem + 4 * N;
   }
 
-  // the backward's scratch
-  sizes[0] = mul3(N, C, 1);
-  sizes[1] = mul3(N, C, 1);
-  sizes[2] = mul3(N, 4, C);
-  sizes[3] = mul3(N, 3, C);
-  sizes[4] = mul3((size_t)max_batch * H, T, T);
-  sizes[5] = s->has_head ? mul3(N, V, 1) : 0;
-  s->scratch_floats = 0;
-  for (int k = 0; k < 6; k++)
-    add_size(&s->scratch_floats, sizes[k]);
+  // the backward's scratch, with the scores of every head of every sequence
+  s->scratch_floats = gpt_layout_scratch(&s->sh, kAlignFloats, (size_t)max_batch * c.heads, nullptr, nullptr);
   if (s->scratch_floats == SIZE_MAX || s->scratch_floats > SIZE_MAX / sizeof(float))
     goto oom;
-  if (cuda_check(cudaMalloc(&p, s->scratch_floats * sizeof(float)), "cudaMalloc (the backward's scratch)"))
+  if (cuda_check(cudaMalloc(&s->scratch, s->scratch_floats * sizeof(float)), "cudaMalloc (the backward's scratch)"))
     goto error;
-  s->scratch = cur = p;
-  s->dres = carve(&cur, sizes[0]);
-  s->dsmall = carve(&cur, sizes[1]);
-  s->dbig = carve(&cur, sizes[2]);
-  s->dqkv = carve(&cur, sizes[3]);
-  s->dscore = carve(&cur, sizes[4]);
-  s->dlogits = carve(&cur, sizes[5]);
+  gpt_layout_scratch(&s->sh, kAlignFloats, (size_t)max_batch * c.heads, &s->d, s->scratch);
   if (stream_sync(s, "creating a stage"))
     goto error;
   free(mask);
@@ -987,7 +865,7 @@ int gpt_cuda_stage_create(const gpt_config *cfg, int first_layer, int last_layer
   *out = s;
   return 0;
 oom:
-  fail("out of memory for a stage of layers [%d, %d) with max_batch %d and %d slots", first_layer, last_layer,
+  gpt_fail("out of memory for a stage of layers [%d, %d) with max_batch %d and %d slots", first_layer, last_layer,
        max_batch, slots);
 error: // last_error says why
   free(mask);
@@ -1002,11 +880,11 @@ void gpt_cuda_stage_free(gpt_cuda_stage *s) {
   if (s->stream)
     cudaStreamSynchronize(s->stream); // nothing of ours may still run on what is freed
   if (s->slots)
-    for (int k = 0; k < s->nslots; k++) {
+    for (int k = 0; k < s->sh.slots; k++) {
       cudaFree(s->slots[k].mem);
       cudaFree(s->slots[k].imem);
       cudaFree(s->slots[k].rowloss);
-      free(s->slots[k].blocks);
+      free(s->slots[k].arr.blocks);
     }
   free(s->slots);
   cudaFree(s->scratch);
@@ -1041,28 +919,28 @@ int gpt_cuda_stage_zero_grad(gpt_cuda_stage *s) {
 
 int gpt_cuda_stage_params_to_host(gpt_cuda_stage *s, float *host) {
   if (!host)
-    return fail("gpt_cuda_stage_params_to_host: host must not be NULL");
+    return gpt_fail("gpt_cuda_stage_params_to_host: host must not be NULL");
   CHECK(copy_async(s, host, s->params, s->nparams * sizeof(float), cudaMemcpyDeviceToHost, "copying the parameters out"));
   return stream_sync(s, "copying the parameters out");
 }
 
 int gpt_cuda_stage_params_from_host(gpt_cuda_stage *s, const float *host) {
   if (!host)
-    return fail("gpt_cuda_stage_params_from_host: host must not be NULL");
+    return gpt_fail("gpt_cuda_stage_params_from_host: host must not be NULL");
   CHECK(copy_async(s, s->params, host, s->nparams * sizeof(float), cudaMemcpyHostToDevice, "copying the parameters in"));
   return stream_sync(s, "copying the parameters in");
 }
 
 int gpt_cuda_stage_grads_to_host(gpt_cuda_stage *s, float *host) {
   if (!host)
-    return fail("gpt_cuda_stage_grads_to_host: host must not be NULL");
+    return gpt_fail("gpt_cuda_stage_grads_to_host: host must not be NULL");
   CHECK(copy_async(s, host, s->grads, s->nparams * sizeof(float), cudaMemcpyDeviceToHost, "copying the gradients out"));
   return stream_sync(s, "copying the gradients out");
 }
 
 int gpt_cuda_stage_grads_from_host(gpt_cuda_stage *s, const float *host) {
   if (!host)
-    return fail("gpt_cuda_stage_grads_from_host: host must not be NULL");
+    return gpt_fail("gpt_cuda_stage_grads_from_host: host must not be NULL");
   CHECK(copy_async(s, s->grads, host, s->nparams * sizeof(float), cudaMemcpyHostToDevice, "copying the gradients in"));
   return stream_sync(s, "copying the gradients in");
 }
@@ -1071,7 +949,7 @@ size_t gpt_cuda_stage_tensor_count(const gpt_cuda_stage *s) { return s->ntensors
 
 int gpt_cuda_stage_tensor(const gpt_cuda_stage *s, size_t i, gpt_tensor_info *out) {
   if (i >= s->ntensors)
-    return fail("tensor %zu does not exist (the stage has %zu)", i, s->ntensors);
+    return gpt_fail("tensor %zu does not exist (the stage has %zu)", i, s->ntensors);
   *out = s->tensors[i];
   return 0;
 }
@@ -1083,46 +961,39 @@ void gpt_cuda_stage_decay_mask(const gpt_cuda_stage *s, unsigned char *mask) {
 
 size_t gpt_cuda_stage_slot_bytes(const gpt_cuda_stage *s) {
   return s->slot_floats * sizeof(float) + s->slot_ints * sizeof(int) +
-         (s->has_head ? (size_t)s->max_batch * s->cfg.context * sizeof(double) : 0);
+         (s->sh.has_head ? (size_t)s->sh.max_batch * s->sh.cfg.context * sizeof(double) : 0);
 }
 size_t gpt_cuda_stage_scratch_bytes(const gpt_cuda_stage *s) { return s->scratch_floats * sizeof(float); }
 
 int gpt_cuda_stage_forward(gpt_cuda_stage *s, int slot, int B, const int *tokens, const float *input, float *output,
                            const int *targets, double *loss) {
-  if (check_call(s, slot, B, "gpt_cuda_stage_forward"))
+  if (gpt_check_forward(s ? &s->sh : nullptr, slot, B, tokens, input, output, targets, loss, "gpt_cuda_stage_forward"))
     return -1;
-  const int T = s->cfg.context, C = s->cfg.channels, V = s->cfg.vocab, N = B * T;
-  const size_t NC = (size_t)N * C, stride = (size_t)s->max_batch * T * C;
-  if (s->has_emb ? !tokens : !input)
-    return fail("gpt_cuda_stage_forward: %s must not be NULL", s->has_emb ? "tokens" : "input");
-  if (s->has_head ? targets && !loss : !output)
-    return fail("gpt_cuda_stage_forward: %s must not be NULL", s->has_head ? "loss (targets are given)" : "output");
-  if (s->has_emb && check_ids(tokens, (size_t)N, V, "tokens"))
-    return -1;
-  if (s->has_head && targets && check_ids(targets, (size_t)N, V, "targets"))
-    return -1;
+  const int T = s->sh.cfg.context, C = s->sh.cfg.channels, V = s->sh.cfg.vocab, N = B * T;
+  const size_t NC = (size_t)N * C, stride = (size_t)s->sh.max_batch * T * C;
 
   slot_acts *a = &s->slots[slot];
-  a->filled = 0; // until this forward is complete
-  if (s->has_emb) {
+  a->state.filled = 0; // until this forward is complete
+  if (s->sh.has_emb) {
     CHECK(copy_async(s, a->tokens, tokens, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, "uploading the tokens"));
     CHECK(upload_token_order(s, a, tokens, N));
-    embedding_forward_kernel<<<blocks_for(NC, kThreads), kThreads, 0, s->stream>>>(a->res, a->tokens, s->p.wte,
+    embedding_forward_kernel<<<blocks_for(NC, kThreads), kThreads, 0, s->stream>>>(a->arr.res, a->tokens, s->p.wte,
                                                                                    s->p.wpe, N, T, C);
     LAUNCHED("embedding_forward");
   } else {
-    CHECK(copy_async(s, a->res, input, NC * sizeof(float), cudaMemcpyHostToDevice, "uploading the input"));
+    CHECK(copy_async(s, a->arr.res, input, NC * sizeof(float), cudaMemcpyHostToDevice, "uploading the input"));
   }
-  for (int i = 0; i < s->nl; i++)
-    CHECK(block_forward(s, &s->p.blocks[i], &a->blocks[i], a->res + i * stride, a->res + (i + 1) * stride, B));
-  const float *last = a->res + (size_t)s->nl * stride;
-  if (s->has_head) {
-    CHECK(layernorm_forward(s, a->lnf, a->lnf_mean, a->lnf_rstd, last, s->p.lnf_g, s->p.lnf_b, N, C));
-    CHECK(matmul_forward(s, a->probs, a->lnf, s->p.head_w, nullptr, N, C, V));
+  for (int i = 0; i < s->sh.nl; i++)
+    CHECK(block_forward(s, &s->p.blocks[i], &a->arr.blocks[i], a->arr.res + i * stride,
+                        a->arr.res + (i + 1) * stride, B));
+  const float *last = a->arr.res + (size_t)s->sh.nl * stride;
+  if (s->sh.has_head) {
+    CHECK(layernorm_forward(s, a->arr.lnf, a->arr.lnf_mean, a->arr.lnf_rstd, last, s->p.lnf_g, s->p.lnf_b, N, C));
+    CHECK(matmul_forward(s, a->arr.probs, a->arr.lnf, s->p.head_w, nullptr, N, C, V));
     if (targets)
       CHECK(copy_async(s, a->targets, targets, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, "uploading the targets"));
     crossentropy_forward_kernel<<<blocks_for((size_t)N, 1), kThreads, 0, s->stream>>>(
-        a->probs, targets ? a->rowloss : nullptr, targets ? a->targets : nullptr, N, V);
+        a->arr.probs, targets ? a->rowloss : nullptr, targets ? a->targets : nullptr, N, V);
     LAUNCHED("crossentropy_forward");
     if (targets) {
       CHECK(copy_async(s, s->h_rowloss, a->rowloss, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost,
@@ -1137,76 +1008,68 @@ int gpt_cuda_stage_forward(gpt_cuda_stage *s, int slot, int B, const int *tokens
     CHECK(copy_async(s, output, last, NC * sizeof(float), cudaMemcpyDeviceToHost, "copying the output out"));
   }
   CHECK(stream_sync(s, "gpt_cuda_stage_forward"));
-  a->B = B;
-  a->has_targets = targets != nullptr;
-  a->filled = 1;
+  a->state.B = B;
+  a->state.has_targets = targets != nullptr;
+  a->state.filled = 1;
   return 0;
 }
 
 int gpt_cuda_stage_backward(gpt_cuda_stage *s, int slot, int B, const float *grad_output, float *grad_input,
                             float loss_scale) {
-  if (check_call(s, slot, B, "gpt_cuda_stage_backward"))
+  if (gpt_check_call(s ? &s->sh : nullptr, slot, B, "gpt_cuda_stage_backward"))
     return -1;
   slot_acts *a = &s->slots[slot];
-  if (!a->filled)
-    return fail("gpt_cuda_stage_backward: slot %d holds no forward", slot);
-  if (a->B != B)
-    return fail("gpt_cuda_stage_backward: B = %d but the forward in slot %d had B = %d", B, slot, a->B);
-  if (s->has_head && !a->has_targets)
-    return fail("gpt_cuda_stage_backward: the forward in slot %d had no targets, so it has no loss", slot);
-  if (!s->has_head && !grad_output)
-    return fail("gpt_cuda_stage_backward: grad_output must not be NULL");
-  if (!s->has_emb && !grad_input)
-    return fail("gpt_cuda_stage_backward: grad_input must not be NULL");
-  const int T = s->cfg.context, C = s->cfg.channels, V = s->cfg.vocab, N = B * T;
-  const size_t NC = (size_t)N * C, stride = (size_t)s->max_batch * T * C;
+  if (gpt_check_backward(&s->sh, slot, B, &a->state, grad_output, grad_input, "gpt_cuda_stage_backward"))
+    return -1;
+  const int T = s->sh.cfg.context, C = s->sh.cfg.channels, V = s->sh.cfg.vocab, N = B * T;
+  const size_t NC = (size_t)N * C, stride = (size_t)s->sh.max_batch * T * C;
 
-  const float *last = a->res + (size_t)s->nl * stride;
-  if (s->has_head) {
+  const float *last = a->arr.res + (size_t)s->sh.nl * stride;
+  if (s->sh.has_head) {
     // the mean over N tokens: each token's loss enters with weight 1/N
     const size_t NV = (size_t)N * V;
     crossentropy_backward_kernel<<<blocks_for(NV, kThreads), kThreads, 0, s->stream>>>(
-        s->dlogits, a->probs, a->targets, loss_scale / (float)N, N, V);
+        s->d.dlogits, a->arr.probs, a->targets, loss_scale / (float)N, N, V);
     LAUNCHED("crossentropy_backward");
-    CHECK(matmul_backward(s, s->dsmall, s->g.head_w, nullptr, s->dlogits, a->lnf, s->p.head_w, N, C, V));
-    CHECK(cuda_check(cudaMemsetAsync(s->dres, 0, NC * sizeof(float), s->stream), "zeroing the stream's gradient"));
-    CHECK(layernorm_backward(s, s->dres, s->g.lnf_g, s->g.lnf_b, s->dsmall, last, a->lnf_mean, a->lnf_rstd,
+    CHECK(matmul_backward(s, s->d.dsmall, s->g.head_w, nullptr, s->d.dlogits, a->arr.lnf, s->p.head_w, N, C, V));
+    CHECK(cuda_check(cudaMemsetAsync(s->d.dres, 0, NC * sizeof(float), s->stream), "zeroing the stream's gradient"));
+    CHECK(layernorm_backward(s, s->d.dres, s->g.lnf_g, s->g.lnf_b, s->d.dsmall, last, a->arr.lnf_mean, a->arr.lnf_rstd,
                              s->p.lnf_g, N, C));
   } else {
-    CHECK(copy_async(s, s->dres, grad_output, NC * sizeof(float), cudaMemcpyHostToDevice, "uploading grad_output"));
+    CHECK(copy_async(s, s->d.dres, grad_output, NC * sizeof(float), cudaMemcpyHostToDevice, "uploading grad_output"));
   }
-  for (int i = s->nl - 1; i >= 0; i--)
-    CHECK(block_backward(s, &s->p.blocks[i], &s->g.blocks[i], &a->blocks[i], a->res + i * stride, B));
-  if (s->has_emb) {
-    embedding_backward_wpe_kernel<<<blocks_for((size_t)T * C, kThreads), kThreads, 0, s->stream>>>(s->g.wpe, s->dres,
+  for (int i = s->sh.nl - 1; i >= 0; i--)
+    CHECK(block_backward(s, &s->p.blocks[i], &s->g.blocks[i], &a->arr.blocks[i], a->arr.res + i * stride, B));
+  if (s->sh.has_emb) {
+    embedding_backward_wpe_kernel<<<blocks_for((size_t)T * C, kThreads), kThreads, 0, s->stream>>>(s->g.wpe, s->d.dres,
                                                                                                   B, T, C);
     LAUNCHED("embedding_backward_wpe");
     dim3 grid(blocks_for((size_t)a->nuniq, 1), (unsigned)((C + kThreads - 1) / kThreads));
-    embedding_backward_wte_kernel<<<grid, kThreads, 0, s->stream>>>(s->g.wte, s->dres, a->order, a->utok, a->ustart,
+    embedding_backward_wte_kernel<<<grid, kThreads, 0, s->stream>>>(s->g.wte, s->d.dres, a->order, a->utok, a->ustart,
                                                                    a->nuniq, C);
     LAUNCHED("embedding_backward_wte");
   } else {
-    CHECK(copy_async(s, grad_input, s->dres, NC * sizeof(float), cudaMemcpyDeviceToHost, "copying grad_input out"));
+    CHECK(copy_async(s, grad_input, s->d.dres, NC * sizeof(float), cudaMemcpyDeviceToHost, "copying grad_input out"));
   }
   return stream_sync(s, "gpt_cuda_stage_backward");
 }
 
 int gpt_cuda_stage_probs_to_host(gpt_cuda_stage *s, int slot, float *host) {
-  if (!s || !s->has_head)
-    return fail("gpt_cuda_stage_probs_to_host: not a head stage");
-  if (slot < 0 || slot >= s->nslots || !s->slots[slot].filled)
-    return fail("gpt_cuda_stage_probs_to_host: slot %d holds no forward", slot);
+  if (!s || !s->sh.has_head)
+    return gpt_fail("gpt_cuda_stage_probs_to_host: not a head stage");
+  if (slot < 0 || slot >= s->sh.slots || !s->slots[slot].state.filled)
+    return gpt_fail("gpt_cuda_stage_probs_to_host: slot %d holds no forward", slot);
   if (!host)
-    return fail("gpt_cuda_stage_probs_to_host: host must not be NULL");
+    return gpt_fail("gpt_cuda_stage_probs_to_host: host must not be NULL");
   const slot_acts *a = &s->slots[slot];
-  size_t n = (size_t)a->B * s->cfg.context * s->cfg.vocab;
-  CHECK(copy_async(s, host, a->probs, n * sizeof(float), cudaMemcpyDeviceToHost, "copying the probabilities out"));
+  size_t n = (size_t)a->state.B * s->sh.cfg.context * s->sh.cfg.vocab;
+  CHECK(copy_async(s, host, a->arr.probs, n * sizeof(float), cudaMemcpyDeviceToHost, "copying the probabilities out"));
   return stream_sync(s, "copying the probabilities out");
 }
 
 int gpt_cuda_stage_grad_sumsq(gpt_cuda_stage *s, double *sumsq) {
   if (!sumsq)
-    return fail("gpt_cuda_stage_grad_sumsq: sumsq must not be NULL");
+    return gpt_fail("gpt_cuda_stage_grad_sumsq: sumsq must not be NULL");
   sumsq_kernel<<<kSumsqBlocks, kThreads, 0, s->stream>>>(s->partial, s->grads, s->nparams);
   LAUNCHED("sumsq");
   CHECK(copy_async(s, s->h_partial, s->partial, kSumsqBlocks * sizeof(double), cudaMemcpyDeviceToHost,
@@ -1227,10 +1090,10 @@ int gpt_cuda_stage_grad_scale(gpt_cuda_stage *s, float factor) {
 
 int gpt_cuda_adamw_init(gpt_cuda_adamw *opt, size_t n) {
   if (!opt)
-    return fail("gpt_cuda_adamw_init: opt must not be NULL");
+    return gpt_fail("gpt_cuda_adamw_init: opt must not be NULL");
   memset(opt, 0, sizeof *opt);
   if (n > SIZE_MAX / sizeof(float))
-    return fail("gpt_cuda_adamw_init: n = %zu is too large", n);
+    return gpt_fail("gpt_cuda_adamw_init: n = %zu is too large", n);
   size_t bytes = (n ? n : 1) * sizeof(float);
   if (cuda_check(cudaMalloc(&opt->m, bytes), "cudaMalloc (AdamW's first moments)") ||
       cuda_check(cudaMalloc(&opt->v, bytes), "cudaMalloc (AdamW's second moments)") ||
@@ -1254,7 +1117,7 @@ void gpt_cuda_adamw_destroy(gpt_cuda_adamw *opt) {
 
 int gpt_cuda_adamw_to_host(const gpt_cuda_adamw *opt, float *m, float *v) {
   if (!opt || !m || !v)
-    return fail("gpt_cuda_adamw_to_host: opt, m and v must not be NULL");
+    return gpt_fail("gpt_cuda_adamw_to_host: opt, m and v must not be NULL");
   if (cuda_check(cudaMemcpy(m, opt->m, opt->n * sizeof(float), cudaMemcpyDeviceToHost), "copying AdamW's moments out") ||
       cuda_check(cudaMemcpy(v, opt->v, opt->n * sizeof(float), cudaMemcpyDeviceToHost), "copying AdamW's moments out"))
     return -1;
@@ -1263,7 +1126,7 @@ int gpt_cuda_adamw_to_host(const gpt_cuda_adamw *opt, float *m, float *v) {
 
 int gpt_cuda_adamw_from_host(gpt_cuda_adamw *opt, const float *m, const float *v) {
   if (!opt || !m || !v)
-    return fail("gpt_cuda_adamw_from_host: opt, m and v must not be NULL");
+    return gpt_fail("gpt_cuda_adamw_from_host: opt, m and v must not be NULL");
   if (cuda_check(cudaMemcpy(opt->m, m, opt->n * sizeof(float), cudaMemcpyHostToDevice), "copying AdamW's moments in") ||
       cuda_check(cudaMemcpy(opt->v, v, opt->n * sizeof(float), cudaMemcpyHostToDevice), "copying AdamW's moments in"))
     return -1;
@@ -1272,9 +1135,9 @@ int gpt_cuda_adamw_from_host(gpt_cuda_adamw *opt, const float *m, const float *v
 
 int gpt_cuda_stage_adamw_step(gpt_cuda_stage *s, gpt_cuda_adamw *opt, const gpt_adamw_hparams *hp) {
   if (!s || !opt || !hp)
-    return fail("gpt_cuda_stage_adamw_step: s, opt and hp must not be NULL");
+    return gpt_fail("gpt_cuda_stage_adamw_step: s, opt and hp must not be NULL");
   if (opt->n != s->nparams)
-    return fail("gpt_cuda_stage_adamw_step: the optimiser has %zu parameters, the stage %zu", opt->n, s->nparams);
+    return gpt_fail("gpt_cuda_stage_adamw_step: the optimiser has %zu parameters, the stage %zu", opt->n, s->nparams);
   opt->step++;
   // optim.c's bias corrections, computed the same way (double, then float)
   float c1 = (float)(1.0 / (1.0 - pow(hp->beta1, (double)opt->step)));

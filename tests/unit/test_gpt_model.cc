@@ -1,5 +1,6 @@
 // The model half of examples/train_gpt: gradients against finite differences, the same model
-// cut into stages, causality, a short training run, AdamW by hand, and argument refusals.
+// cut into stages, causality, a short training run, AdamW by hand, argument refusals, and the
+// memory layout the CPU and CUDA stages share (gpt_common.h), at both of their alignments.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "gpt.h"
+#include "gpt_common.h"
 #include "optim.h"
 
 namespace {
@@ -518,6 +520,84 @@ TEST(GptModel, ParameterTableAndDecayMask) {
   EXPECT_EQ(mask.back(), 1);        // head_w
   EXPECT_GT(gpt_stage_slot_bytes(s.get()), 0u);
   EXPECT_EQ(gpt_stage_tensor(s.get(), 99, &t), -1);
+}
+
+// One array of a layout: where it starts (in floats from the base) and how many floats it needs.
+struct Span {
+  size_t start, count;
+};
+
+// Checks a carved layout: every array starts at a multiple of `align`, they do not overlap and
+// lie within the counted total, and the total is the sum of the rounded sizes (nothing wasted).
+void ExpectPacked(std::vector<Span> spans, size_t align, size_t total) {
+  std::sort(spans.begin(), spans.end(), [](const Span &a, const Span &b) { return a.start < b.start; });
+  size_t end = 0, rounded = 0;
+  for (const Span &s : spans) {
+    EXPECT_EQ(s.start % align, 0u) << "an array at " << s.start << " is not aligned to " << align;
+    EXPECT_GE(s.start, end) << "an array at " << s.start << " overlaps the previous one";
+    end = s.start + s.count;
+    rounded += (s.count + align - 1) / align * align;
+  }
+  EXPECT_LE(end, total);
+  EXPECT_EQ(rounded, total);
+}
+
+TEST(GptLayout, SlotAndScratchArePackedAndAlignedForBothStages) {
+  const gpt_config cfg = {11, 5, 8, 2, 3};
+  for (size_t align : {size_t(16), size_t(64)}) // the CPU stage's and the CUDA stage's
+    for (int has_head = 0; has_head <= 1; has_head++) {
+      const int max_batch = 3, nl = 2;
+      const gpt_shape sh = {cfg, nl, 1, has_head, max_batch, 1};
+      const size_t N = (size_t)max_batch * cfg.context, C = cfg.channels, T = cfg.context, V = cfg.vocab;
+      const size_t total = gpt_layout_slot(&sh, align, nullptr, nullptr);
+      std::vector<float> mem(total);
+      std::vector<gpt_block_acts> blocks(nl);
+      gpt_slot_arrays a = {};
+      a.blocks = blocks.data();
+      ASSERT_EQ(gpt_layout_slot(&sh, align, &a, mem.data()), total);
+      auto at = [&](const float *p) { return (size_t)(p - mem.data()); };
+      std::vector<Span> spans = {{at(a.res), (nl + 1) * N * C}};
+      for (const gpt_block_acts &b : blocks) {
+        const size_t heads = (size_t)max_batch * cfg.heads * T * T;
+        for (auto s : std::vector<Span>{{at(b.ln1), N * C}, {at(b.ln1_mean), N}, {at(b.ln1_rstd), N},
+                                        {at(b.qkv), 3 * N * C}, {at(b.att), heads}, {at(b.atty), N * C},
+                                        {at(b.mid), N * C}, {at(b.ln2), N * C}, {at(b.ln2_mean), N},
+                                        {at(b.ln2_rstd), N}, {at(b.fc), 4 * N * C}, {at(b.gelu), 4 * N * C}})
+          spans.push_back(s);
+      }
+      if (has_head)
+        for (auto s : std::vector<Span>{{at(a.lnf), N * C}, {at(a.lnf_mean), N}, {at(a.lnf_rstd), N},
+                                        {at(a.probs), N * V}})
+          spans.push_back(s);
+      ExpectPacked(spans, align, total);
+
+      // the scratch: one head's scores (CPU) or every head of every sequence (GPU)
+      for (size_t score_blocks : {size_t(1), (size_t)max_batch * cfg.heads}) {
+        const size_t stotal = gpt_layout_scratch(&sh, align, score_blocks, nullptr, nullptr);
+        std::vector<float> smem(stotal);
+        gpt_scratch d = {};
+        ASSERT_EQ(gpt_layout_scratch(&sh, align, score_blocks, &d, smem.data()), stotal);
+        auto sat = [&](const float *p) { return (size_t)(p - smem.data()); };
+        std::vector<Span> ss = {{sat(d.dres), N * C}, {sat(d.dsmall), N * C}, {sat(d.dbig), 4 * N * C},
+                                {sat(d.dqkv), 3 * N * C}, {sat(d.dscore), score_blocks * T * T}};
+        if (has_head)
+          ss.push_back({sat(d.dlogits), N * V});
+        ExpectPacked(ss, align, stotal);
+      }
+    }
+}
+
+TEST(GptLayout, ShapeChecksNameTheValue) {
+  gpt_config cfg = {11, 5, 8, 2, 3};
+  EXPECT_EQ(gpt_check_shape(&cfg, 0, 3, 1, 1, 4, 2), 0) << gpt_error();
+  EXPECT_EQ(gpt_check_shape(&cfg, 0, 3, 1, 1, 0, 2), -1);
+  EXPECT_NE(std::string(gpt_error()).find("max_batch = 0"), std::string::npos) << gpt_error();
+  EXPECT_EQ(gpt_check_shape(&cfg, 0, 3, 1, 1, 4, 0), -1);
+  EXPECT_NE(std::string(gpt_error()).find("slots = 0"), std::string::npos) << gpt_error();
+  EXPECT_EQ(gpt_check_shape(nullptr, 0, 3, 1, 1, 4, 2), -1);
+  cfg.layers = 0;
+  EXPECT_EQ(gpt_check_shape(&cfg, 0, 0, 1, 1, 4, 2), -1);
+  EXPECT_NE(std::string(gpt_error()).find("layers = 0"), std::string::npos) << gpt_error();
 }
 
 } // namespace
