@@ -618,6 +618,39 @@ static float learning_rate(const options *o, int64_t step) {
  * all-reduce): loss and examples (last stages of replica 0.. all replicas), times, bytes. */
 enum { S_LOSS, S_EXAMPLES, S_STEP, S_COMPUTE, S_WAIT, S_CODEC, S_DP, S_RAW, S_WIRE, S_STOP, S_CLASS0, S_COUNT = S_CLASS0 + MAX_CLASSES };
 
+/* Rank 0's totals over this run's steps, for the summary at the end (sums over the ranks). */
+typedef struct {
+  double sum[S_COUNT];
+  int64_t steps;
+  double last_loss, best_val;
+  int64_t best_step;
+} run_totals;
+
+/* " MB/step 25M:3.83 1G:8.39": the bytes sent per step on each link class. */
+static void print_class_mb(const link_classes *lc, const double *class_bytes, double steps) {
+  if (!lc->count)
+    return;
+  printf(" MB/step");
+  for (int k = 0; k < lc->count; k++) {
+    char bw[32];
+    format_bandwidth(lc->bandwidth[k], bw, sizeof bw);
+    printf(" %s:%.2f", bw, class_bytes[k] / 1e6 / steps);
+  }
+}
+
+static void print_summary(const run *r, const run_totals *t, const link_classes *lc, int64_t tokens_per_step) {
+  const double *x = t->sum;
+  const double n = (double)(t->steps ? t->steps : 1), ranks = r->size, step_s = x[S_STEP] / ranks / n;
+  printf("summary  %lld steps this run: final loss=%.4f", (long long)t->steps, t->last_loss);
+  if (t->best_step > 0)
+    printf(", best val=%.4f at step %lld", t->best_val, (long long)t->best_step);
+  printf(", %.0f tok/s\n         step %.3fs (compute %.3f wait %.3f codec %.3f dp %.3f)",
+         (double)tokens_per_step / step_s, step_s, x[S_COMPUTE] / ranks / n, x[S_WAIT] / ranks / n,
+         x[S_CODEC] / ranks / n, x[S_DP] / ranks / n);
+  print_class_mb(lc, x + S_CLASS0, n);
+  printf(", %.1f MB sent in all, compression x%.1f\n", x[S_WIRE] / 1e6, x[S_WIRE] > 0 ? x[S_RAW] / x[S_WIRE] : 1.0);
+}
+
 static void train(run *r, int64_t start, double seconds_before) {
   options *o = &r->o;
   int64_t per_step = (int64_t)o->micro_batches * o->micro_batch;
@@ -644,6 +677,7 @@ static void train(run *r, int64_t start, double seconds_before) {
   memset(sums, 0, sizeof sums);
   int since = 0;
   double run_start = now() - seconds_before, last_val = NAN;
+  run_totals totals = {.last_loss = NAN, .best_val = INFINITY};
   unsigned long long dp_wire_before = 0, dp_raw_before = 0;
   for (int64_t step = start; step < o->steps; step++) {
     int epoch = (int)(step / steps_per_epoch);
@@ -721,16 +755,20 @@ static void train(run *r, int64_t start, double seconds_before) {
         printf(" tok/s %7.0f step %.3fs (compute %.3f wait %.3f codec %.3f dp %.3f)", tokens / step_s, step_s,
                sums[S_COMPUTE] / r->size / since, sums[S_WAIT] / r->size / since, sums[S_CODEC] / r->size / since,
                sums[S_DP] / r->size / since);
-        if (lc.count) {
-          printf(" MB/step");
-          for (int k = 0; k < lc.count; k++) {
-            char bw[32];
-            format_bandwidth(lc.bandwidth[k], bw, sizeof bw);
-            printf(" %s:%.2f", bw, sums[S_CLASS0 + k] / 1e6 / since);
-          }
-        }
+        double class_bytes[MAX_CLASSES];
+        for (int k = 0; k < lc.count; k++)
+          class_bytes[k] = sums[S_CLASS0 + k];
+        print_class_mb(&lc, class_bytes, since);
         printf(" x%.1f\n", sums[S_WIRE] > 0 ? sums[S_RAW] / sums[S_WIRE] : 1.0);
         fflush(stdout);
+      }
+      for (int k = 0; k < S_COUNT; k++)
+        totals.sum[k] += sums[k];
+      totals.steps += since;
+      totals.last_loss = loss;
+      if (eval_now && last_val < totals.best_val) {
+        totals.best_val = last_val;
+        totals.best_step = step + 1;
       }
       if (r->history) {
         fprintf(r->history, "%lld,%.3f,%.6f,%s", (long long)step + 1, elapsed, loss, "");
@@ -750,6 +788,8 @@ static void train(run *r, int64_t start, double seconds_before) {
       return;
     }
   }
+  if (r->rank == 0 && totals.steps > 0)
+    print_summary(r, &totals, &lc, per_step * o->dp * o->context);
 }
 
 /* ---- what the user sees -------------------------------------------------------------------------- */

@@ -11,7 +11,10 @@ export OPENBLAS_NUM_THREADS=1
 flags=(--links "$links" --pp 2 --dp 2 --steps 20 --examples 512 --log-every 1 --eval-every 10 --channels 64
        --layers 2 --context 32 --micro-batch 4 --grad-codec int4 --aqsgd 2/4 --checkpoint-dir ck
        --checkpoint-every 10 --plot none)
-"$mpiexec" -np 4 --oversubscribe -x OPENBLAS_NUM_THREADS -x LH_LINKS "$train_gpt" "${flags[@]}" --history a.csv
+"$mpiexec" -np 4 --oversubscribe -x OPENBLAS_NUM_THREADS -x LH_LINKS "$train_gpt" "${flags[@]}" --history a.csv |
+  tee a.log
+grep -Eq "^summary  20 steps this run: final loss=[0-9.]+, best val=[0-9.]+ at step (10|20)" a.log ||
+  { echo "FAILED: no end-of-run summary" >&2; exit 1; }
 "$mpiexec" -np 4 --oversubscribe -x OPENBLAS_NUM_THREADS -x LH_LINKS "$train_gpt" "${flags[@]}" --history b.csv \
   --resume
 # Rows after step 10, without the wall-time column.
