@@ -203,26 +203,46 @@ static double grad_bytes_per_param(const options *o) {
   }
 }
 
-/* Seconds of one layer's forward + backward on one micro-batch on this machine (speed 1.0). */
-static double measure_layer_seconds(const options *o) {
+/* Seconds of one layer's forward + backward on one micro-batch where the model computes (this
+ * host's CPUs or its GPU, copies to and from the GPU included): the scheduler's speed 1.0. The
+ * best of three, so the first call's set-up does not count. */
+static double measure_layer_seconds(const run *r) {
+  const options *o = &r->o;
   gpt_config cfg = {DATA_VOCAB, o->context, o->channels, o->heads, 1};
-  gpt_stage *s;
+  gpt_stage *s = NULL;
+#ifdef TRAIN_GPT_CUDA
+  gpt_cuda_stage *g = NULL;
+  if (r->on_gpu ? gpt_cuda_stage_create(&cfg, 0, 1, 0, 0, o->micro_batch, 1, 1, &g) != 0
+                : gpt_stage_create(&cfg, 0, 1, 0, 0, o->micro_batch, 1, 1, &s) != 0)
+    return 0.01;
+#else
   if (gpt_stage_create(&cfg, 0, 1, 0, 0, o->micro_batch, 1, 1, &s) != 0)
     return 0.01;
+#endif
   size_t n = (size_t)o->micro_batch * o->context * o->channels;
   float *x = calloc(n, sizeof(float)), *y = calloc(n, sizeof(float)), *gx = calloc(n, sizeof(float));
   double best = 1e9;
-  for (int rep = 0; rep < 3 && x && y && gx; rep++) {
+  int ok = x && y && gx;
+  for (int rep = 0; rep < 3 && ok; rep++) {
     double t0 = now();
-    gpt_stage_forward(s, 0, o->micro_batch, NULL, x, y, NULL, NULL);
-    gpt_stage_backward(s, 0, o->micro_batch, y, gx, 1);
+#ifdef TRAIN_GPT_CUDA
+    if (g)
+      ok = gpt_cuda_stage_forward(g, 0, o->micro_batch, NULL, x, y, NULL, NULL) == 0 &&
+           gpt_cuda_stage_backward(g, 0, o->micro_batch, y, gx, 1) == 0;
+    else
+#endif
+      ok = gpt_stage_forward(s, 0, o->micro_batch, NULL, x, y, NULL, NULL) == 0 &&
+           gpt_stage_backward(s, 0, o->micro_batch, y, gx, 1) == 0;
     best = fmin(best, now() - t0);
   }
   free(x);
   free(y);
   free(gx);
   gpt_stage_free(s);
-  return best < 1e9 ? best : 0.01;
+#ifdef TRAIN_GPT_CUDA
+  gpt_cuda_stage_free(g);
+#endif
+  return ok && best < 1e9 ? best : 0.01;
 }
 
 static void plan_model(const options *o, lh_sched_model *m, double layer_seconds) {
@@ -255,7 +275,7 @@ static void make_plan(run *r) {
     sc.pp = o->pp;
     sc.dp = o->dp;
     sc.seed = o->seed;
-    plan_model(o, &sc.model, measure_layer_seconds(o));
+    plan_model(o, &sc.model, measure_layer_seconds(r));
     lh_status st = lh_sched_solve(r->links, &sc, &r->plan);
     grid[0] = st == LH_SUCCESS;
     if (st != LH_SUCCESS)
