@@ -46,8 +46,9 @@ int ckpt_write_model(const char *path, const ckpt_header *hd, const float *param
     return -1;
   }
   uint64_t h = 1469598103934665603ULL, count = n;
-  int ok = put(f, &h, magic, sizeof magic) && put(f, &h, &byte_order, sizeof byte_order) && put(f, &h, hd, sizeof *hd) && put(f, &h, &count, sizeof count) &&
-           put(f, &h, params, n * sizeof *params) && put(f, &h, m, n * sizeof *m) && put(f, &h, v, n * sizeof *v);
+  int ok = put(f, &h, magic, sizeof magic) && put(f, &h, &byte_order, sizeof byte_order) &&
+           put(f, &h, hd, sizeof *hd) && put(f, &h, &count, sizeof count) && put(f, &h, params, n * sizeof *params) &&
+           put(f, &h, m, n * sizeof *m) && put(f, &h, v, n * sizeof *v);
   ok = ok && fwrite(&h, sizeof h, 1, f) == 1;
   ok = (fclose(f) == 0) && ok;
   if (!ok || rename(tmp, path) != 0) {

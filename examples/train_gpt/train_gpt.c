@@ -636,7 +636,10 @@ static float learning_rate(const options *o, int64_t step) {
 
 /* What a progress line sums over the ranks since the last one (a fixed layout for one
  * all-reduce): loss and examples (last stages of replica 0.. all replicas), times, bytes. */
-enum { S_LOSS, S_EXAMPLES, S_STEP, S_COMPUTE, S_WAIT, S_CODEC, S_DP, S_RAW, S_WIRE, S_STOP, S_CLASS0, S_COUNT = S_CLASS0 + MAX_CLASSES };
+enum {
+  S_LOSS, S_EXAMPLES, S_STEP, S_COMPUTE, S_WAIT, S_CODEC, S_DP, S_RAW, S_WIRE, S_STOP, S_CLASS0,
+  S_COUNT = S_CLASS0 + MAX_CLASSES
+};
 
 /* Rank 0's totals over this run's steps, for the summary at the end (sums over the ranks). */
 typedef struct {
