@@ -51,7 +51,8 @@ static const char usage_text[] =
     "  --checkpoint-dir DIR    where (default train_gpt.ckpt)\n"
     "  --resume                continue from DIR's latest checkpoint, with identical results\n"
     "  --plot FILE.png         loss against wall time (gnuplot; default train_gpt.png; none: off)\n"
-    "  --history FILE.csv      step, seconds, loss, val_loss (default train_gpt.csv)\n"
+    "  --history FILE.csv      step, seconds, loss, val_loss (default train_gpt.csv; none: off,\n"
+    "                          and then no plot either: the plot is drawn from it)\n"
     "  --name TEXT             a label for this run in the output\n"
     "  --quiet                 only the banner's first line and the summary\n"
     "  --device auto|cuda|cpu  where the model computes (default auto: a GPU when this build has\n"
@@ -235,7 +236,7 @@ int options_parse(int argc, char **argv, options *o, int speak) {
     if (!strcmp(a, "--plan")) { o->plan_file = v; continue; }
     if (!strcmp(a, "--data")) { o->data = v; continue; }
     if (!strcmp(a, "--checkpoint-dir")) { o->checkpoint_dir = v; continue; }
-    if (!strcmp(a, "--history")) { o->history = v; continue; }
+    if (!strcmp(a, "--history")) { o->history = strcmp(v, "none") ? v : NULL; continue; }
     if (!strcmp(a, "--name")) { o->name = v; continue; }
     if (!strcmp(a, "--plot")) { o->plot = strcmp(v, "none") ? v : NULL; continue; }
     if (!strcmp(a, "--pp") || !strcmp(a, "--dp")) {
