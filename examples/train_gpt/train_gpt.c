@@ -634,10 +634,13 @@ static float learning_rate(const options *o, int64_t step) {
   return o->min_lr + (o->lr - o->min_lr) * (float)(0.5 * (1 + cos(3.14159265358979323846 * fmin(progress, 1))));
 }
 
-/* What a progress line sums over the ranks since the last one (a fixed layout for one
- * all-reduce): loss and examples (last stages of replica 0.. all replicas), times, bytes. */
+/* What a progress line sums over the ranks since the last one, in one all-reduce: times,
+ * bytes and the stop flag at fixed places, then each replica's training loss and examples in
+ * places of their own (S_COUNT + replica, S_COUNT + dp + replica). Alone in its place, a loss
+ * passes the world's sum exactly, and rank 0 adds the replicas in their order, so the printed
+ * loss does not depend on which ranks the plan put the last stage on. */
 enum {
-  S_LOSS, S_EXAMPLES, S_STEP, S_COMPUTE, S_WAIT, S_CODEC, S_DP, S_RAW, S_WIRE, S_STOP, S_CLASS0,
+  S_STEP, S_COMPUTE, S_WAIT, S_CODEC, S_DP, S_RAW, S_WIRE, S_STOP, S_CLASS0,
   S_COUNT = S_CLASS0 + MAX_CLASSES
 };
 
@@ -696,11 +699,15 @@ static void train(run *r, int64_t start, double seconds_before) {
         lh_links_get(r->links, r->rank, d, &a, &bw) == LH_SUCCESS)
       ring = class_of(&lc, bw);
   }
-  float sums[S_COUNT];
-  memset(sums, 0, sizeof sums);
+  const size_t nsums = S_COUNT + 2 * (size_t)o->dp;
+  float *sums = calloc(nsums, sizeof(float));
+  if (!sums)
+    die(r, "out of memory");
+  float *loss_at = sums + S_COUNT, *examples_at = loss_at + o->dp;
   int since = 0;
   double run_start = now() - seconds_before, last_val = NAN;
   run_totals totals = {.last_loss = NAN, .best_val = INFINITY};
+  int stopped = 0;
   unsigned long long dp_wire_before = 0, dp_raw_before = 0;
   for (int64_t step = start; step < o->steps; step++) {
     int epoch = (int)(step / steps_per_epoch);
@@ -727,8 +734,8 @@ static void train(run *r, int64_t start, double seconds_before) {
     model_sync(r, 0, 1);
     double t3 = now();
 
-    sums[S_LOSS] += ps.has_loss ? (float)ps.loss : 0;
-    sums[S_EXAMPLES] += ps.has_loss ? (float)ps.examples : 0;
+    loss_at[r->replica] += ps.has_loss ? (float)ps.loss : 0;
+    examples_at[r->replica] += ps.has_loss ? (float)ps.examples : 0;
     sums[S_STEP] += (float)(t3 - t0);
     sums[S_COMPUTE] += (float)(ps.compute_seconds + (t3 - t2));
     sums[S_WAIT] += (float)ps.wait_seconds;
@@ -761,13 +768,18 @@ static void train(run *r, int64_t start, double seconds_before) {
       continue;
     /* One all-reduce over the world for the line (and to agree on Ctrl-C). */
     sums[S_STOP] = interrupted ? 1.0f : 0.0f;
-    check(r, lh_allreduce(r->world, sums, sums, S_COUNT, NULL), "collecting the progress line");
+    check(r, lh_allreduce(r->world, sums, sums, nsums, NULL), "collecting the progress line");
     int stop = sums[S_STOP] > 0;
     if (eval_now)
       last_val = validation_loss(r);
     double elapsed = now() - run_start;
     if (r->rank == 0) {
-      double loss = sums[S_EXAMPLES] > 0 ? sums[S_LOSS] / sums[S_EXAMPLES] : NAN;
+      double loss_sum = 0, examples = 0;
+      for (int i = 0; i < o->dp; i++) {
+        loss_sum += loss_at[i];
+        examples += examples_at[i];
+      }
+      double loss = examples > 0 ? loss_sum / examples : NAN;
       double step_s = sums[S_STEP] / r->size / since;
       double tokens = (double)per_step * o->dp * o->context;
       if (!o->quiet) {
@@ -801,18 +813,20 @@ static void train(run *r, int64_t start, double seconds_before) {
         fflush(r->history);
       }
     }
-    memset(sums, 0, sizeof sums);
+    memset(sums, 0, nsums * sizeof *sums);
     since = 0;
     if (ckpt_now || stop)
       save_checkpoint(r, step + 1, elapsed);
     if (stop) {
       if (r->rank == 0)
         printf("stopped by Ctrl-C after step %lld; resume with --resume\n", (long long)step + 1);
-      return;
+      stopped = 1;
+      break;
     }
   }
-  if (r->rank == 0 && totals.steps > 0)
+  if (r->rank == 0 && totals.steps > 0 && !stopped)
     print_summary(r, &totals, &lc, per_step * o->dp * o->context);
+  free(sums);
 }
 
 /* ---- what the user sees -------------------------------------------------------------------------- */
