@@ -396,8 +396,14 @@ cmd_run() {
     case $a in -np | -n | --np | -c | --n) has_np=1 ;; esac
   done
   ((has_np)) || cmd+=(-np "$n")
+  # --mca rtc_hwloc_vmhole none: Open MPI 4.1's daemons put a shared copy of the hwloc topology
+  # at an address they guess from their memory map, and now and then (about one start in 20
+  # here) a daemon dies of it, a segfault in hwloc_shmem_topology_write; binding does not need
+  # it. --leave-session-attached keeps the daemons children of the agent, so that a daemon that
+  # dies anyway is reported and ends the job instead of leaving mpirun waiting for it forever.
   cmd+=(--oversubscribe
     --mca plm_rsh_agent "$agent" --mca plm_rsh_no_tree_spawn 1
+    --mca rtc_hwloc_vmhole none --leave-session-attached
     --mca pml ob1 --mca btl 'tcp,self' --mca osc '^ucx'
     --mca btl_tcp_if_include "$CIDR" --mca oob_tcp_if_include "$CIDR"
     -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM)
