@@ -350,13 +350,13 @@ static void find_classes(const run *r, link_classes *lc) {
     }
 }
 
-/* "25M", "1G", "9.6G": two significant digits are enough to name a class. */
+/* "25M", "100M", "9.6G": three significant digits name a class (two would print 100 as 1e+02). */
 static void format_bandwidth(double Bps, char *out, size_t cap) {
   double bits = Bps * 8;
   if (bits >= 1e9)
-    snprintf(out, cap, "%.2gG", bits / 1e9);
+    snprintf(out, cap, "%.3gG", bits / 1e9);
   else
-    snprintf(out, cap, "%.2gM", bits / 1e6);
+    snprintf(out, cap, "%.3gM", bits / 1e6);
 }
 
 /* ---- setup ------------------------------------------------------------------------------------- */
