@@ -30,24 +30,11 @@ fi
 # testbed.sh through bash, so its file mode does not matter.
 tb() { bash "$TESTBED" "$@"; }
 
-# Long steps run in the background so that INT/TERM (ctest, Ctrl-C) act at once: the signal
-# ends this script, the EXIT trap runs 'testbed.sh down', which stops everything still
-# running inside the namespaces before removing them.
-CHILD=
-run_bg() {
-  local rc=0
-  "$@" &
-  CHILD=$!
-  wait "$CHILD" || rc=$?
-  CHILD=
-  return "$rc"
-}
-on_signal() {
-  [[ -z $CHILD ]] || kill -TERM "$CHILD" 2>/dev/null || true
-  echo "interrupted: tearing down" >&2
-  exit 1
-}
-trap on_signal INT TERM HUP
+# Long steps run in the background (run_bg.sh); on INT/TERM the EXIT trap runs 'testbed.sh
+# down', which stops everything still running inside the namespaces before removing them.
+RUN_BG_MESSAGE="interrupted: tearing down"
+# shellcheck source=run_bg.sh
+. "$(dirname "${BASH_SOURCE[0]}")/run_bg.sh"
 
 # Run "testbed.sh up ..." and turn "cannot create namespaces here" (77) into a skip.
 testbed_up() {

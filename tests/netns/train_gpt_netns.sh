@@ -38,24 +38,10 @@ unset LH_LINKS LH_SIM_BW LH_SIM_LAT
 rm -rf "$work"
 mkdir -p "$work"
 
-# Each run in the background, so that INT/TERM (ctest, Ctrl-C) reach it at once; the script's
-# own EXIT trap then tears the testbed down.
-CHILD=
-run_bg() {
-  local rc=0
-  "$@" &
-  CHILD=$!
-  wait "$CHILD" || rc=$?
-  CHILD=
-  return "$rc"
-}
-on_signal() {
-  [[ -z $CHILD ]] || kill -TERM "$CHILD" 2>/dev/null || true
-  [[ -z $CHILD ]] || wait "$CHILD" 2>/dev/null || true
-  echo "interrupted" >&2
-  exit 1
-}
-trap on_signal INT TERM HUP
+# Each run in the background (run_bg.sh), so that INT/TERM reach it at once; the script's own
+# EXIT trap then tears the testbed down.
+# shellcheck source=run_bg.sh
+. "$(dirname "${BASH_SOURCE[0]}")/run_bg.sh"
 
 common=(--train-gpt "$train_gpt" --out "$work" --steps "$STEPS" --seed 1)
 
