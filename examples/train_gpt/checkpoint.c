@@ -36,6 +36,19 @@ static int put(FILE *f, uint64_t *h, const void *data, size_t n) {
   return fwrite(data, 1, n, f) == n;
 }
 
+/* Every file is written as PATH.tmp and renamed to PATH when whole: f is the open temporary,
+ * ok whether everything went into it. Closes f; 0, or -1 with a sentence in err and the
+ * temporary removed. */
+static int finish_tmp(FILE *f, int ok, const char *tmp, const char *path, char *err, size_t errcap) {
+  ok = (fclose(f) == 0) && ok;
+  if (!ok || rename(tmp, path) != 0) {
+    snprintf(err, errcap, "cannot write %s: %s", path, strerror(errno));
+    remove(tmp);
+    return -1;
+  }
+  return 0;
+}
+
 int ckpt_write_model(const char *path, const ckpt_header *hd, const float *params, const float *m, const float *v,
                      size_t n, char *err, size_t errcap) {
   char tmp[4096];
@@ -50,13 +63,7 @@ int ckpt_write_model(const char *path, const ckpt_header *hd, const float *param
            put(f, &h, hd, sizeof *hd) && put(f, &h, &count, sizeof count) && put(f, &h, params, n * sizeof *params) &&
            put(f, &h, m, n * sizeof *m) && put(f, &h, v, n * sizeof *v);
   ok = ok && fwrite(&h, sizeof h, 1, f) == 1;
-  ok = (fclose(f) == 0) && ok;
-  if (!ok || rename(tmp, path) != 0) {
-    snprintf(err, errcap, "cannot write %s: %s", path, strerror(errno));
-    remove(tmp);
-    return -1;
-  }
-  return 0;
+  return finish_tmp(f, ok, tmp, path, err, errcap);
 }
 
 int ckpt_read_model(const char *path, ckpt_header *hd, float *params, float *m, float *v, size_t n, char *err,
@@ -106,13 +113,11 @@ int ckpt_write_latest(const char *dir, const char *name, char *err, size_t errca
   snprintf(path, sizeof path, "%s/latest", dir);
   snprintf(tmp, sizeof tmp, "%s.tmp", path);
   FILE *f = fopen(tmp, "w");
-  int ok = f && fprintf(f, "%s\n", name) > 0;
-  ok = f && (fclose(f) == 0) && ok;
-  if (!ok || rename(tmp, path) != 0) {
-    snprintf(err, errcap, "cannot write %s: %s", path, strerror(errno));
+  if (!f) {
+    snprintf(err, errcap, "cannot create %s: %s", tmp, strerror(errno));
     return -1;
   }
-  return 0;
+  return finish_tmp(f, fprintf(f, "%s\n", name) > 0, tmp, path, err, errcap);
 }
 
 int ckpt_read_latest(const char *dir, char *name, size_t cap, char *err, size_t errcap) {
